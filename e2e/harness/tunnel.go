@@ -1,0 +1,194 @@
+package harness
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// ReadyTimeout bounds how long a process may take to become ready.
+const ReadyTimeout = 20 * time.Second
+
+// ServerOptions tune StartServer.
+type ServerOptions struct {
+	// ID is --server-id (default "e2e-server").
+	ID string
+	// ExtraArgs are appended to the command line, e.g. "--direct-dial=false".
+	ExtraArgs []string
+}
+
+// Server is a running edge-tunnel-server.
+type Server struct {
+	*Process
+	// UDS is the unix socket (gRPC and HTTP CONNECT frontend).
+	UDS string
+	// FrontendAddr is the TCP+mTLS frontend, AgentAddr the agent port.
+	FrontendAddr string
+	AgentAddr    string
+	// HealthURL serves /readyz and /metrics; AdminURL serves pprof.
+	HealthURL string
+	AdminURL  string
+}
+
+// StartServer starts edge-tunnel-server on loopback with free ports and
+// waits until /readyz answers 200.
+func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Server {
+	t.Helper()
+	if opts.ID == "" {
+		opts.ID = "e2e-server"
+	}
+	ports := FreePorts(t, 4)
+	s := &Server{
+		UDS:          filepath.Join(shortTempDir(t), "tunnel.sock"),
+		FrontendAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		AgentAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+		HealthURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
+		AdminURL:     fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
+	}
+	args := []string{
+		"--uds-name", s.UDS,
+		"--server-bind-address", "127.0.0.1",
+		"--server-port", strconv.Itoa(ports[0]),
+		"--server-cert", p.FrontendServerCert,
+		"--server-key", p.FrontendServerKey,
+		"--server-ca-cert", p.FrontendCA,
+		"--agent-bind-address", "127.0.0.1",
+		"--agent-port", strconv.Itoa(ports[1]),
+		"--cluster-cert", p.ClusterServerCert,
+		"--cluster-key", p.ClusterServerKey,
+		"--cluster-ca-cert", p.ClusterCA,
+		"--health-bind-address", "127.0.0.1",
+		"--health-port", strconv.Itoa(ports[2]),
+		"--admin-port", strconv.Itoa(ports[3]),
+		"--server-id", opts.ID,
+		"--server-count", "1",
+		"-v", "2",
+	}
+	args = append(args, opts.ExtraArgs...)
+	s.Process = startProcess(t, "server-"+opts.ID, t.TempDir(), bins.Server, args...)
+	if err := s.waitHTTP200(s.HealthURL+"/readyz", ReadyTimeout); err != nil {
+		t.Fatalf("edge-tunnel-server not ready: %v\n%s", err, s.LogTail(40))
+	}
+	return s
+}
+
+// ConnectedAgentsMetric is the server gauge of connected agents.
+const ConnectedAgentsMetric = "edge_tunnel_server_connected_agents"
+
+// WaitAgents waits until the server counts at least n connected agents.
+func (s *Server) WaitAgents(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(ReadyTimeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if s.Exited() {
+			t.Fatalf("edge-tunnel-server exited while waiting for %d agents\n%s", n, s.LogTail(40))
+		}
+		v, err := Metric(s.HealthURL, ConnectedAgentsMetric)
+		if err == nil && v >= float64(n) {
+			return
+		}
+		last = fmt.Sprintf("value %v, error %v", v, err)
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("edge-tunnel-server did not count %d connected agents within %s (%s: %s)", n, ReadyTimeout, ConnectedAgentsMetric, last)
+}
+
+// Metric reads one metric of the server (see the package-level Metric).
+func (s *Server) Metric(name string, labels ...string) (float64, error) {
+	return Metric(s.HealthURL, name, labels...)
+}
+
+// Goroutines reads the server's goroutine count.
+func (s *Server) Goroutines() (int, error) { return Goroutines(s.AdminURL) }
+
+// FDs reads the server's open file descriptor count.
+func (s *Server) FDs() (int, error) { return FDCount(s.PID()) }
+
+// AgentOptions tune StartAgent.
+type AgentOptions struct {
+	// Name is --agent-id and the host= identifier (default "edge-node-1").
+	Name string
+	// IPv4 is the node address the agent claims (default 127.0.0.1); any
+	// 127.x.y.z address works on Linux loopback, which lets several agents
+	// serve distinct "nodes" on one machine.
+	IPv4 string
+	// SingleStream starts the agent with --conn-streams=false: the plain
+	// upstream konnectivity protocol, one stream for all connections.
+	SingleStream bool
+	// CertCN is the common name of the agent's client certificate
+	// (default "system:node:" + Name, as a kubelet client certificate).
+	CertCN string
+	// ExtraArgs are appended to the command line.
+	ExtraArgs []string
+}
+
+// Agent is a running edge-tunnel-agent.
+type Agent struct {
+	*Process
+	Name      string
+	IPv4      string
+	HealthURL string
+	AdminURL  string
+}
+
+// StartAgent starts edge-tunnel-agent against s and waits until its
+// /readyz answers 200. Use s.WaitAgents to wait until the server counts it.
+func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOptions) *Agent {
+	t.Helper()
+	if opts.Name == "" {
+		opts.Name = "edge-node-1"
+	}
+	if opts.IPv4 == "" {
+		opts.IPv4 = "127.0.0.1"
+	}
+	if opts.CertCN == "" {
+		opts.CertCN = "system:node:" + opts.Name
+	}
+	cert, key := p.AgentCert(t, "agent-"+opts.Name, opts.CertCN)
+	ports := FreePorts(t, 2)
+	_, agentPort, err := net.SplitHostPort(s.AgentAddr)
+	if err != nil {
+		t.Fatalf("server agent address %q: %v", s.AgentAddr, err)
+	}
+	a := &Agent{
+		Name:      opts.Name,
+		IPv4:      opts.IPv4,
+		HealthURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+		AdminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+	}
+	args := []string{
+		"--proxy-server-host", "127.0.0.1",
+		"--proxy-server-port", agentPort,
+		"--ca-cert", p.ClusterCA,
+		"--agent-cert", cert,
+		"--agent-key", key,
+		"--agent-id", opts.Name,
+		"--agent-identifiers", "host=" + opts.Name + "&ipv4=" + opts.IPv4,
+		"--health-bind-address", "127.0.0.1",
+		"--health-server-port", strconv.Itoa(ports[0]),
+		"--admin-server-port", strconv.Itoa(ports[1]),
+		"--conn-streams=" + strconv.FormatBool(!opts.SingleStream),
+		"-v", "2",
+	}
+	args = append(args, opts.ExtraArgs...)
+	a.Process = startProcess(t, "agent-"+opts.Name, t.TempDir(), bins.Agent, args...)
+	if err := a.waitHTTP200(a.HealthURL+"/readyz", ReadyTimeout); err != nil {
+		t.Fatalf("edge-tunnel-agent %s not ready: %v\n%s", opts.Name, err, a.LogTail(40))
+	}
+	return a
+}
+
+// Metric reads one metric of the agent (see the package-level Metric).
+func (a *Agent) Metric(name string, labels ...string) (float64, error) {
+	return Metric(a.HealthURL, name, labels...)
+}
+
+// Goroutines reads the agent's goroutine count.
+func (a *Agent) Goroutines() (int, error) { return Goroutines(a.AdminURL) }
+
+// FDs reads the agent's open file descriptor count.
+func (a *Agent) FDs() (int, error) { return FDCount(a.PID()) }
