@@ -1,0 +1,193 @@
+// Package metrics defines the Prometheus metrics of edge-tunnel-server and
+// edge-tunnel-agent. Metrics are registered on a registry the caller passes
+// in, never on the global one, so tests and several servers in one process
+// do not collide. Adding the Go and process collectors is the caller's job.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+const namespace = "edge_tunnel"
+
+// Label values. Series for the combinations of these are created at zero
+// when the metrics are made, so dashboards and alerts see them before the
+// first event.
+const (
+	FrontendGRPC      = "grpc"
+	FrontendConnect   = "connect"
+	FrontendHTTPProxy = "http-proxy"
+
+	RouteAgent  = "agent"
+	RouteDirect = "direct"
+	RouteNone   = "none"
+
+	ResultOK        = "ok"
+	ResultRefused   = "refused"
+	ResultError     = "error"
+	ResultTimeout   = "timeout"
+	ResultCancelled = "cancelled"
+
+	ModeConnStreams  = "conn-streams"
+	ModeSingleStream = "single-stream"
+
+	DirectionToAgent    = "to_agent"
+	DirectionFromAgent  = "from_agent"
+	DirectionToServer   = "to_server"
+	DirectionFromServer = "from_server"
+)
+
+var (
+	frontends        = []string{FrontendGRPC, FrontendConnect, FrontendHTTPProxy}
+	routes           = []string{RouteAgent, RouteDirect, RouteNone}
+	serverResults    = []string{ResultOK, ResultRefused, ResultError, ResultTimeout, ResultCancelled}
+	agentResults     = []string{ResultOK, ResultRefused, ResultError, ResultCancelled}
+	modes            = []string{ModeConnStreams, ModeSingleStream}
+	serverDirections = []string{DirectionToAgent, DirectionFromAgent}
+	agentDirections  = []string{DirectionToServer, DirectionFromServer}
+)
+
+// dialBuckets spans a loopback dial (about half a millisecond) to the longest
+// dial timeout worth waiting for (30 s).
+var dialBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// Server holds the metrics of edge-tunnel-server.
+type Server struct {
+	// Dials counts dials by frontend, route (agent, direct, none) and result
+	// (ok, refused, error, timeout, cancelled).
+	Dials *prometheus.CounterVec
+	// DialLatency is the time from a dial request to its answer.
+	DialLatency *prometheus.HistogramVec
+	// OpenConns is the number of tunneled connections open per frontend.
+	OpenConns *prometheus.GaugeVec
+	// Agents is the number of agents connected to this server.
+	Agents prometheus.Gauge
+	// AgentStreams counts agent connections by mode (conn-streams or
+	// single-stream), that is whether the agent speaks the per-connection
+	// stream extension.
+	AgentStreams *prometheus.GaugeVec
+	// Bytes counts tunneled payload bytes by direction.
+	Bytes *prometheus.CounterVec
+	// StalledCloses counts connections closed because a reader stopped
+	// reading and held up the agent connection.
+	StalledCloses prometheus.Counter
+	// BadPackets counts packets dropped as malformed or unexpected, by
+	// source (agent or frontend) and reason.
+	BadPackets *prometheus.CounterVec
+}
+
+// NewServer creates the server metrics and registers them on reg (nil
+// means unregistered). It panics if reg already holds metrics of the same
+// names, a programming error like any duplicate registration.
+func NewServer(reg prometheus.Registerer) *Server {
+	f := promauto.With(reg)
+	m := &Server{
+		Dials: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "dials_total",
+			Help: "Dials requested through a frontend, by route taken and result.",
+		}, []string{"frontend", "route", "result"}),
+		DialLatency: f.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "server", Name: "dial_duration_seconds",
+			Help:    "Time from a dial request to its answer, by frontend and route.",
+			Buckets: dialBuckets,
+		}, []string{"frontend", "route"}),
+		OpenConns: f.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "open_connections",
+			Help: "Tunneled connections currently open, by frontend.",
+		}, []string{"frontend"}),
+		Agents: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "connected_agents",
+			Help: "Agents currently connected to this server.",
+		}),
+		AgentStreams: f.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "agent_connections",
+			Help: "Agent connections currently open, by mode (conn-streams or single-stream).",
+		}, []string{"mode"}),
+		Bytes: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "bytes_total",
+			Help: "Tunneled payload bytes, by direction (to_agent or from_agent).",
+		}, []string{"direction"}),
+		StalledCloses: f.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "stalled_connections_closed_total",
+			Help: "Connections closed because their reader stalled the agent connection.",
+		}),
+		BadPackets: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "bad_packets_total",
+			Help: "Packets dropped as malformed or unexpected, by source and reason.",
+		}, []string{"source", "reason"}),
+	}
+	for _, fe := range frontends {
+		m.OpenConns.WithLabelValues(fe)
+		for _, r := range routes {
+			m.DialLatency.WithLabelValues(fe, r)
+			for _, res := range serverResults {
+				m.Dials.WithLabelValues(fe, r, res)
+			}
+		}
+	}
+	for _, mode := range modes {
+		m.AgentStreams.WithLabelValues(mode)
+	}
+	for _, d := range serverDirections {
+		m.Bytes.WithLabelValues(d)
+	}
+	return m
+}
+
+// Agent holds the metrics of edge-tunnel-agent.
+type Agent struct {
+	// ServerConnections is the number of servers the agent is connected to.
+	ServerConnections prometheus.Gauge
+	// Dials counts dials the agent made for servers, by result (ok,
+	// refused, error, cancelled).
+	Dials *prometheus.CounterVec
+	// DialLatency is the time the agent's dials took.
+	DialLatency prometheus.Histogram
+	// OpenConns is the number of connections the agent holds open.
+	OpenConns prometheus.Gauge
+	// Bytes counts tunneled payload bytes by direction.
+	Bytes *prometheus.CounterVec
+	// ConnectErrors counts failed attempts to connect to a server, by reason.
+	ConnectErrors *prometheus.CounterVec
+}
+
+// NewAgent creates the agent metrics and registers them on reg (nil means
+// unregistered). It panics on a duplicate registration, as NewServer does.
+func NewAgent(reg prometheus.Registerer) *Agent {
+	f := promauto.With(reg)
+	m := &Agent{
+		ServerConnections: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "server_connections",
+			Help: "Servers this agent is currently connected to.",
+		}),
+		Dials: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "dials_total",
+			Help: "Dials made for servers, by result.",
+		}, []string{"result"}),
+		DialLatency: f.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "dial_duration_seconds",
+			Help:    "Time the agent's dials to their targets took.",
+			Buckets: dialBuckets,
+		}),
+		OpenConns: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "open_connections",
+			Help: "Tunneled connections this agent currently holds open.",
+		}),
+		Bytes: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "bytes_total",
+			Help: "Tunneled payload bytes, by direction (to_server or from_server).",
+		}, []string{"direction"}),
+		ConnectErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "agent", Name: "connect_errors_total",
+			Help: "Failed attempts to connect to a server, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, r := range agentResults {
+		m.Dials.WithLabelValues(r)
+	}
+	for _, d := range agentDirections {
+		m.Bytes.WithLabelValues(d)
+	}
+	return m
+}
