@@ -1,0 +1,101 @@
+// Package router decides where a requested host:port goes: through which
+// agent, to which address, or directly from the server, or nowhere (with the
+// reason). Every frontend asks the same Router, so policy lives here once.
+package router
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+)
+
+// Backend is an agent session that can dial for the server.
+type Backend interface {
+	// AgentID names the agent in messages and metrics.
+	AgentID() string
+	// Dial asks the agent to dial address and returns the tunneled connection.
+	Dial(ctx context.Context, address string) (io.ReadWriteCloser, error)
+}
+
+// Agents finds the agent that serves a host.
+type Agents interface {
+	// Lookup returns the best agent for the normalized host key
+	// (identity.NormalizeHost), or false when no connected agent has it.
+	Lookup(hostKey string) (Backend, bool)
+}
+
+// Kind says how a Route is dialed.
+type Kind string
+
+const (
+	// ViaAgent: through an agent's tunnel.
+	ViaAgent Kind = "agent"
+	// Direct: by the server itself (cloud-side destinations).
+	Direct Kind = "direct"
+)
+
+// Route is a decision for one dial.
+type Route struct {
+	Kind    Kind
+	Address string  // what is dialed (may differ from the request, e.g. localhost rewriting)
+	Agent   Backend // set when Kind is ViaAgent
+	direct  *net.Dialer
+}
+
+// Dial opens the connection the route describes.
+func (r Route) Dial(ctx context.Context) (io.ReadWriteCloser, error) {
+	if r.Kind == ViaAgent {
+		return r.Agent.Dial(ctx, r.Address)
+	}
+	c, err := r.direct.DialContext(ctx, "tcp", r.Address)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, tunnel.Errorf(tunnel.KindTimeout, "edge-tunnel-server: direct dial of %s timed out", r.Address)
+		}
+		return nil, tunnel.Errorf(tunnel.KindFailed, "edge-tunnel-server: direct dial of %s failed: %v", r.Address, err)
+	}
+	return c, nil
+}
+
+// Router holds the routing policy.
+type Router struct {
+	agents     Agents
+	directDial bool
+	dialer     net.Dialer
+}
+
+// New returns a Router. directDial allows hosts that no agent serves to be
+// dialed by the server itself.
+func New(agents Agents, directDial bool) *Router {
+	return &Router{agents: agents, directDial: directDial, dialer: net.Dialer{KeepAlive: 30 * time.Second}}
+}
+
+// Route decides where address (host:port) goes. The error is a
+// *tunnel.DialError whose text is meant for the end user.
+func (r *Router) Route(address string) (Route, error) {
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return Route{}, tunnel.Errorf(tunnel.KindBadRequest, "edge-tunnel-server: bad address %q: want host:port", address)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535 {
+		return Route{}, tunnel.Errorf(tunnel.KindBadRequest, "edge-tunnel-server: bad port %q in address %q: want 1-65535", portStr, address)
+	}
+	key := identity.NormalizeHost(host)
+	if key == "" {
+		return Route{}, tunnel.Errorf(tunnel.KindBadRequest, "edge-tunnel-server: empty host in address %q", address)
+	}
+	if b, ok := r.agents.Lookup(key); ok {
+		return Route{Kind: ViaAgent, Address: address, Agent: b}, nil
+	}
+	if r.directDial {
+		return Route{Kind: Direct, Address: address, direct: &r.dialer}, nil
+	}
+	return Route{}, tunnel.Errorf(tunnel.KindNoRoute,
+		"edge-tunnel-server: no edge-tunnel-agent is connected for host %q: check that edge-tunnel-agent runs on that node and lists %q in its identifiers (--agent-identifiers, NODE_NAME, NODE_IP)", host, host)
+}

@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"strconv"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
+)
+
+// agentService serves AgentService.Connect (one control stream per agent
+// connection) and ConnService.Conn (one stream per tunneled connection).
+type agentService struct {
+	agentpb.UnimplementedAgentServiceServer
+	agentpb.UnimplementedConnServiceServer
+
+	serverID    string
+	serverCount int
+	connStreams bool
+	agents      *registry
+	m           *metrics.Server
+	log         klog.Logger
+}
+
+func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, client.Packet]) error {
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	ids := md.Get(agentpb.AgentIDKey)
+	if len(ids) != 1 || ids[0] == "" {
+		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: the agent must send exactly one %q metadata value, got %d: set --agent-id on the agent", agentpb.AgentIDKey, len(ids))
+	}
+	id := ids[0]
+	var idents identity.Identifiers
+	switch v := md.Get(agentpb.AgentIdentifiersKey); len(v) {
+	case 0:
+	case 1:
+		var err error
+		if idents, err = identity.Parse(v[0]); err != nil {
+			return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: agent %s sent bad %q metadata: %v", id, agentpb.AgentIdentifiersKey, err)
+		}
+	default:
+		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: agent %s sent %d %q metadata values; send at most one", id, len(v), agentpb.AgentIdentifiersKey)
+	}
+	connStreams := a.connStreams && agentpb.HasFeature(md.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams)
+
+	hdr := metadata.Pairs(agentpb.ServerIDKey, a.serverID, agentpb.ServerCountKey, strconv.Itoa(a.serverCount))
+	if a.connStreams {
+		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureConnStreams)
+	}
+	if err := stream.SendHeader(hdr); err != nil {
+		return status.Errorf(codes.Unavailable, "edge-tunnel-server: sending the handshake header to agent %s: %v", id, err)
+	}
+
+	p, _ := peer.FromContext(ctx)
+	s := &session{
+		id:          id,
+		hostKeys:    hostKeys(id, idents),
+		peerAddr:    peerAddr(p),
+		connStreams: connStreams,
+		stream:      stream,
+		m:           a.m,
+		pending:     map[int64]*pendingDial{},
+		conns:       map[int64]*tunnel.PacketConn{},
+	}
+	s.log = a.log.WithValues("agentID", id, "peer", s.peerAddr)
+	mode := "single-stream"
+	if connStreams {
+		mode = agentpb.FeatureConnStreams
+	}
+	a.agents.add(s)
+	a.m.AgentStreams.WithLabelValues(mode).Inc()
+	s.log.Info("Agent connected", "identifiers", idents.String(), "mode", mode)
+	err := s.serve()
+	a.agents.remove(s)
+	a.m.AgentStreams.WithLabelValues(mode).Dec()
+	s.log.Info("Agent disconnected", "reason", errText(err))
+	return err
+}
+
+func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agentpb.Chunk]) error {
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	id := first(md.Get(agentpb.AgentIDKey))
+	dialID, err := strconv.ParseInt(first(md.Get(agentpb.DialIDKey)), 10, 64)
+	if id == "" || err != nil {
+		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: a connection stream needs %q and a numeric %q in its metadata", agentpb.AgentIDKey, agentpb.DialIDKey)
+	}
+	p, _ := peer.FromContext(ctx)
+	s := a.agents.session(id, peerAddr(p))
+	if s == nil {
+		return status.Errorf(codes.FailedPrecondition, "edge-tunnel-server: agent %s has no control stream on this connection; open AgentService.Connect first", id)
+	}
+	done := make(chan struct{})
+	conn := tunnel.NewStreamConn(stream, func() { close(done) })
+	if !s.resolve(dialID, dialResult{conn: conn}) {
+		return status.Errorf(codes.NotFound, "edge-tunnel-server: dial %d is not pending (cancelled or timed out); close the connection", dialID)
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		conn.Close()
+	}
+	return nil
+}
+
+func hostKeys(id string, idents identity.Identifiers) []string {
+	keys := idents.Keys()
+	if k := identity.NormalizeHost(id); k != "" {
+		keys = append(keys, k)
+	}
+	seen := map[string]bool{}
+	out := keys[:0]
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+func peerAddr(p *peer.Peer) string {
+	if p == nil || p.Addr == nil {
+		return ""
+	}
+	return p.Addr.String()
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "stream closed by the agent"
+	}
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Canceled || err == context.Canceled {
+		return "connection closed"
+	}
+	return err.Error()
+}

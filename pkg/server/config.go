@@ -1,0 +1,53 @@
+package server
+
+import (
+	"crypto/tls"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is everything a Server needs, already validated and loaded (files
+// read, TLS configs built). cmd/edge-tunnel-server/app/options builds it from
+// flags; tests build it directly.
+type Config struct {
+	// UDSName is the UNIX socket for kube-apiserver's egress selector. Both the
+	// gRPC ProxyService and HTTP CONNECT are served on it. Empty disables it.
+	UDSName string
+	// UDSMode is the file mode of the socket (default 0660).
+	UDSMode os.FileMode
+
+	// FrontendAddr is host:port of the TCP frontend (gRPC and HTTP CONNECT over
+	// TLS). Empty disables it. FrontendTLS must then be set.
+	FrontendAddr string
+	FrontendTLS  *tls.Config
+
+	// AgentAddr is host:port where agents connect; AgentTLS its TLS config
+	// (with ClientCAs and RequireAndVerifyClientCert when a cluster CA is given).
+	AgentAddr string
+	AgentTLS  *tls.Config
+
+	// HealthAddr serves /healthz, /livez, /readyz and /metrics. Empty disables it.
+	HealthAddr string
+	// AdminAddr serves pprof. Empty disables it.
+	AdminAddr string
+
+	// ServerID identifies this replica to agents; ServerCount is the number
+	// of replicas agents should hold a connection to.
+	ServerID    string
+	ServerCount int
+
+	// KeepaliveTime is the interval of gRPC keepalive pings to agents.
+	KeepaliveTime time.Duration
+	// DialTimeout bounds a dial through an agent or a direct dial.
+	DialTimeout time.Duration
+	// DirectDial lets the server dial hosts that no agent serves itself
+	// (cloud-side destinations such as webhooks and aggregated APIs).
+	DirectDial bool
+	// ConnStreams announces the per-connection stream extension to agents.
+	ConnStreams bool
+
+	// Registry receives the server's metrics; nil means a private registry.
+	Registry *prometheus.Registry
+}

@@ -1,0 +1,276 @@
+// Package server is edge-tunnel-server: it accepts agents on the agent port,
+// serves the frontends where kube-apiserver and other cloud clients ask for
+// connections, and routes each dial to the agent of the requested node.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"k8s.io/klog/v2"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/frontend"
+	"github.com/edge-tunnel/edge-tunnel/pkg/health"
+	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
+	"github.com/edge-tunnel/edge-tunnel/pkg/router"
+	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
+)
+
+// shutdownGrace bounds how long Run waits for open tunnels when it stops.
+const shutdownGrace = 10 * time.Second
+
+// Server is one edge-tunnel-server replica.
+type Server struct {
+	cfg    Config
+	log    klog.Logger
+	reg    *prometheus.Registry
+	m      *metrics.Server
+	agents *registry
+	router *router.Router
+
+	bytesIn, bytesOut prometheus.Counter
+
+	ready atomic.Bool
+	// Addresses actually bound, for tests that ask for port 0.
+	addrMu sync.Mutex
+	addrs  map[string]net.Addr
+}
+
+// New validates cfg and returns a Server ready to Run.
+func New(cfg Config) (*Server, error) {
+	if cfg.UDSName == "" && cfg.FrontendAddr == "" {
+		return nil, errors.New("no frontend configured: set a UNIX socket (--uds-name) or a TCP frontend (--server-port)")
+	}
+	if cfg.FrontendAddr != "" && cfg.FrontendTLS == nil {
+		return nil, errors.New("the TCP frontend needs TLS (--server-cert, --server-key, --server-ca-cert)")
+	}
+	if cfg.AgentAddr == "" || cfg.AgentTLS == nil {
+		return nil, errors.New("the agent port needs an address and TLS (--agent-port, --cluster-cert, --cluster-key)")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("server ID is empty: set --server-id")
+	}
+	if cfg.ServerCount < 1 {
+		cfg.ServerCount = 1
+	}
+	if cfg.UDSMode == 0 {
+		cfg.UDSMode = 0o660
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.KeepaliveTime <= 0 {
+		cfg.KeepaliveTime = 30 * time.Second
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	m := metrics.NewServer(reg)
+	s := &Server{
+		cfg:      cfg,
+		log:      klog.Background().WithName("server").WithValues("serverID", cfg.ServerID),
+		reg:      reg,
+		m:        m,
+		agents:   newRegistry(func(n int) { m.Agents.Set(float64(n)) }),
+		bytesIn:  m.Bytes.WithLabelValues("from_agent"),
+		bytesOut: m.Bytes.WithLabelValues("to_agent"),
+		addrs:    map[string]net.Addr{},
+	}
+	s.router = router.New(s.agents, cfg.DirectDial)
+	return s, nil
+}
+
+// Addr returns the bound address of a listener ("frontend", "agent",
+// "health", "admin") once Run has bound it.
+func (s *Server) Addr(name string) net.Addr {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return s.addrs[name]
+}
+
+// Ready reports whether every listener is up.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Run binds every listener, serves until ctx ends, then stops accepting,
+// lets open tunnels finish for a bounded grace period and returns. A
+// listener that cannot be bound fails Run at once.
+func (s *Server) Run(ctx context.Context) error {
+	var lns []net.Listener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	listen := func(name, network, addr string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, fmt.Errorf("listening for the %s on %s: %w", name, addr, err)
+		}
+		lns = append(lns, ln)
+		s.addrMu.Lock()
+		s.addrs[name] = ln.Addr()
+		s.addrMu.Unlock()
+		return ln, nil
+	}
+
+	var udsLn, feLn net.Listener
+	var err error
+	if s.cfg.UDSName != "" {
+		if udsLn, err = listenUnix(s.cfg.UDSName, s.cfg.UDSMode); err != nil {
+			return err
+		}
+		lns = append(lns, udsLn)
+	}
+	if s.cfg.FrontendAddr != "" {
+		if feLn, err = listen("frontend", "tcp", s.cfg.FrontendAddr); err != nil {
+			closeAll()
+			return err
+		}
+	}
+	agentLn, err := listen("agent", "tcp", s.cfg.AgentAddr)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	var healthLn, adminLn net.Listener
+	if s.cfg.HealthAddr != "" {
+		if healthLn, err = listen("health", "tcp", s.cfg.HealthAddr); err != nil {
+			closeAll()
+			return err
+		}
+	}
+	if s.cfg.AdminAddr != "" {
+		if adminLn, err = listen("admin", "tcp", s.cfg.AdminAddr); err != nil {
+			closeAll()
+			return err
+		}
+	}
+
+	connect := frontend.NewConnect(s, s.cfg.DialTimeout, s.log.WithName("connect"))
+	mux := frontend.NewMux(connect, s.log.WithName("frontend"))
+	feGRPC := grpc.NewServer(frontendServerOptions()...)
+	frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc")).Register(feGRPC)
+	agentGRPC := grpc.NewServer(s.agentServerOptions()...)
+	svc := &agentService{serverID: s.cfg.ServerID, serverCount: s.cfg.ServerCount, connStreams: s.cfg.ConnStreams,
+		agents: s.agents, m: s.m, log: s.log.WithName("agents")}
+	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
+	agentpb.RegisterConnServiceServer(agentGRPC, svc)
+
+	var wg sync.WaitGroup
+	goServe := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+	goServe(func() { feGRPC.Serve(mux.GRPCListener()) })
+	if udsLn != nil {
+		goServe(func() { mux.Serve(udsLn, nil) })
+	}
+	if feLn != nil {
+		goServe(func() { mux.Serve(feLn, frontendTLS(s.cfg.FrontendTLS)) })
+	}
+	goServe(func() { agentGRPC.Serve(agentLn) })
+	httpServers := []*http.Server{}
+	if healthLn != nil {
+		hs := &http.Server{Handler: s.healthHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpServers = append(httpServers, hs)
+		goServe(func() { hs.Serve(healthLn) })
+	}
+	if adminLn != nil {
+		hs := &http.Server{Handler: health.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpServers = append(httpServers, hs)
+		goServe(func() { hs.Serve(adminLn) })
+	}
+	s.ready.Store(true)
+	s.log.Info("edge-tunnel-server is serving", "uds", s.cfg.UDSName, "frontend", s.cfg.FrontendAddr,
+		"agentPort", agentLn.Addr().String(), "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
+		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams)
+
+	<-ctx.Done()
+	s.ready.Store(false)
+	s.log.Info("Shutting down: no new connections; open tunnels get a grace period", "grace", shutdownGrace)
+	if udsLn != nil {
+		udsLn.Close()
+	}
+	if feLn != nil {
+		feLn.Close()
+	}
+	mux.Close()
+	stopped := make(chan struct{})
+	go func() {
+		feGRPC.GracefulStop()
+		connect.Wait()
+		agentGRPC.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownGrace):
+		s.log.Info("Grace period over; closing the remaining tunnels")
+	}
+	feGRPC.Stop()
+	agentGRPC.Stop()
+	for _, hs := range httpServers {
+		hs.Close()
+	}
+	closeAll()
+	wg.Wait()
+	if s.cfg.UDSName != "" {
+		os.Remove(s.cfg.UDSName)
+	}
+	return nil
+}
+
+// grpc window sizes. Fixed windows (which turn off BDP estimation) keep the
+// per-connection backpressure predictable: a stalled tunneled connection can
+// hold at most one stream window of data in flight.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 64 << 20
+	// maxPacket bounds one frontend packet. The konnectivity client sends
+	// each Write as one DATA packet, unchunked.
+	maxPacket = 16 << 20
+)
+
+func frontendServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxPacket),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(streamWindow * 2),
+		grpc.ReadBufferSize(64 << 10),
+		grpc.WriteBufferSize(64 << 10),
+	}
+}
+
+func (s *Server) agentServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(s.cfg.AgentTLS)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: 10 * time.Second}),
+		// Agents ping on their own schedule (default 15 s); only a ping
+		// flood is refused.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.ReadBufferSize(64 << 10),
+		grpc.WriteBufferSize(64 << 10),
+	}
+}
+
+// frontendTLS offers h2 (gRPC) and http/1.1 (CONNECT) by ALPN. gRPC clients
+// insist on h2 being negotiated; HTTP CONNECT clients usually offer nothing.
+func frontendTLS(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	c.NextProtos = []string{"h2", "http/1.1"}
+	return c
+}

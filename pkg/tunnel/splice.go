@@ -1,0 +1,61 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// Splice copies a to b and b to a until either direction ends, then closes
+// both and waits for the other direction to stop. It returns the bytes moved
+// each way and the first error that was not a normal end of stream.
+//
+// The first end closes everything because tunneled connections have no
+// half-close; closing both sides is also what guarantees that neither copy
+// goroutine can outlive the connection.
+func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		firstErr error
+		errMu    sync.Mutex
+	)
+	closeBoth := func() {
+		once.Do(func() {
+			a.Close()
+			b.Close()
+		})
+	}
+	record := func(e error) {
+		if e == nil || isClosedErr(e) {
+			return
+		}
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = e
+		}
+		errMu.Unlock()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n, e := Copy(b, a)
+		aToB = n
+		record(e)
+		closeBoth()
+	}()
+	n, e := Copy(a, b)
+	bToA = n
+	record(e)
+	closeBoth()
+	wg.Wait()
+	return aToB, bToA, firstErr
+}
+
+// ErrClosed is returned by the adapters after Close.
+var ErrClosed = errors.New("tunnel: connection closed")
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
+}
