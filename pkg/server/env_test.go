@@ -1,0 +1,153 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	konn "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/client"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
+	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
+)
+
+// env is a server and its agents in this process, with real mTLS between
+// them, for tests and benchmarks of the whole data path.
+type env struct {
+	dir      string
+	uds      string
+	srv      *server.Server
+	clientTL *tls.Config // frontend client (kube-apiserver) TLS
+	agentTLS *tls.Config
+	agentAdr string
+}
+
+type envOptions struct {
+	connStreams bool // server side
+	directDial  bool
+}
+
+func newEnv(t testing.TB, o envOptions) *env {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("edge-tunnel-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs := map[string]pki.Pair{}
+	for name, usage := range map[string]string{"server": "server", "frontend-client": "client", "agent": "client"} {
+		p, err := ca.Issue(name, []string{"127.0.0.1", "localhost"}, usage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pairs[name] = p
+	}
+	if err := pki.WriteFiles(dir, ca, pairs); err != nil {
+		t.Fatal(err)
+	}
+	f := func(n string) string { return filepath.Join(dir, n) }
+	srvTLS, err := tlsutil.ServerConfig(f("server.crt"), f("server.key"), f("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dir: dir, uds: filepath.Join(dir, "s.sock")}
+	if e.clientTL, err = tlsutil.ClientConfig(f("ca.crt"), f("frontend-client.crt"), f("frontend-client.key"), "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if e.agentTLS, err = tlsutil.ClientConfig(f("ca.crt"), f("agent.crt"), f("agent.key"), "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	e.srv, err = server.New(server.Config{
+		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: srvTLS,
+		AgentAddr: "127.0.0.1:0", AgentTLS: srvTLS, ServerID: "s1", ServerCount: 1,
+		DialTimeout: 5 * time.Second, DirectDial: o.directDial, ConnStreams: o.connStreams,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, e.srv.Run)
+	waitFor(t, "server listeners", e.srv.Ready)
+	e.agentAdr = e.srv.Addr("agent").String()
+	return e
+}
+
+// addAgent starts an agent for node name with the given addresses and waits
+// until the server routes to it.
+func (e *env) addAgent(t testing.TB, name string, connStreams bool, addrs ...string) {
+	t.Helper()
+	q := "host=" + name
+	for _, a := range addrs {
+		q += "&ipv4=" + a
+	}
+	ids, err := identity.Parse(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: name, Identifiers: ids,
+		SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, a.Run)
+	// The agent is routable once a dial by its name reaches it.
+	waitFor(t, "agent "+name+" routable", func() bool {
+		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "1"))
+		if c != nil {
+			c.Close()
+		}
+		return err == nil || !strings.Contains(err.Error(), "no edge-tunnel-agent is connected")
+	})
+}
+
+// dialGRPC dials through the UNIX socket exactly as kube-apiserver does with
+// proxyProtocol GRPC: a new single-use tunnel per dial.
+func (e *env) dialGRPC(ctx context.Context, address string) (net.Conn, error) {
+	tun, err := konn.CreateSingleUseGrpcTunnelWithContext(ctx, context.Background(), e.uds,
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", e.uds)
+		}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return tun.DialContext(ctx, "tcp", address)
+}
+
+func runUntilCleanup(t testing.TB, run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run returned %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("run did not return within 20 s of cancel")
+		}
+	})
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
