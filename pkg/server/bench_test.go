@@ -16,7 +16,7 @@ const transferSize = 64 << 20
 
 type dialFunc func() (net.Conn, error)
 
-func benchDialers(b *testing.B, e *env, target string) map[string]dialFunc {
+func benchDialers(b testing.TB, e *env, target string) map[string]dialFunc {
 	return map[string]dialFunc{
 		"direct": func() (net.Conn, error) { return net.Dial("tcp", target) },
 		"grpc":   func() (net.Conn, error) { return e.dialGRPC(context.Background(), target) },

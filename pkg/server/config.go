@@ -45,6 +45,9 @@ type Config struct {
 	// DirectDial lets the server dial hosts that no agent serves itself
 	// (cloud-side destinations such as webhooks and aggregated APIs).
 	DirectDial bool
+	// ShutdownGrace is how long open tunnels may finish once Run's context
+	// ends (default 10 s).
+	ShutdownGrace time.Duration
 	// ConnStreams announces the per-connection stream extension to agents.
 	ConnStreams bool
 

@@ -69,7 +69,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e.srv, err = server.New(server.Config{
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: srvTLS, ServerID: "s1", ServerCount: 1,
-		DialTimeout: 5 * time.Second, DirectDial: o.directDial, ConnStreams: o.connStreams,
+		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: o.directDial, ConnStreams: o.connStreams,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -29,9 +29,6 @@ import (
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
-// shutdownGrace bounds how long Run waits for open tunnels when it stops.
-const shutdownGrace = 10 * time.Second
-
 // Server is one edge-tunnel-server replica.
 type Server struct {
 	cfg    Config
@@ -71,6 +68,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 10 * time.Second
 	}
 	if cfg.KeepaliveTime <= 0 {
 		cfg.KeepaliveTime = 30 * time.Second
@@ -199,7 +199,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	s.ready.Store(false)
-	s.log.Info("Shutting down: no new connections; open tunnels get a grace period", "grace", shutdownGrace)
+	s.log.Info("Shutting down: no new connections; open tunnels get a grace period", "grace", s.cfg.ShutdownGrace)
 	if udsLn != nil {
 		udsLn.Close()
 	}
@@ -216,7 +216,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	select {
 	case <-stopped:
-	case <-time.After(shutdownGrace):
+	case <-time.After(s.cfg.ShutdownGrace):
 		s.log.Info("Grace period over; closing the remaining tunnels")
 	}
 	feGRPC.Stop()
