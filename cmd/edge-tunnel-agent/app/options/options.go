@@ -1,0 +1,356 @@
+// Package options holds the command-line flags of edge-tunnel-agent, merges
+// in what the DaemonSet puts in the environment (NODE_NAME, NODE_IP, ...),
+// checks the result, and turns it into an agent.Config.
+//
+// Flag names and meanings follow upstream konnectivity-agent wherever the
+// concept is the same. Upstream flags whose feature edge-tunnel does
+// differently are accepted, marked deprecated, and ignored with a message
+// that says what edge-tunnel does instead.
+package options
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cliflag "k8s.io/component-base/cli/flag"
+	logsapi "k8s.io/component-base/logs/api/v1"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
+)
+
+// Environment variables a DaemonSet sets through the downward API
+// (spec.nodeName, status.hostIP, status.hostIPs). Each adds to the agent's
+// identifiers, so a plain manifest needs no --agent-identifiers.
+const (
+	envNodeName = "NODE_NAME"
+	envNodeIP   = "NODE_IP"
+	envHostIP   = "HOST_IP"
+	envNodeIPs  = "NODE_IPS" // comma-separated
+)
+
+// Options are the flags of edge-tunnel-agent.
+type Options struct {
+	// Connection to the server.
+	ProxyServerHost string
+	ProxyServerPort int
+	ServerName      string
+	CACert          string
+	AgentCert       string
+	AgentKey        string
+	SyncInterval    time.Duration
+	SyncIntervalCap time.Duration
+	KeepaliveTime   time.Duration
+	ConnStreams     bool
+
+	// Identity and what the agent may dial.
+	AgentID          string
+	AgentIdentifiers string
+	AllowedCIDRs     []string
+	DialTimeout      time.Duration
+	DrainGrace       time.Duration
+
+	// Health and admin endpoints.
+	HealthBindAddress string
+	HealthServerPort  int
+	AdminBindAddress  string
+	AdminServerPort   int
+
+	// Logging is klog's configuration (-v, --vmodule, --logging-format).
+	Logging *logsapi.LoggingConfiguration
+
+	// deprecated holds upstream flags that are accepted and ignored.
+	deprecated deprecatedFlags
+
+	// Environment lookups, replaceable in tests.
+	getenv   func(string) string
+	hostname func() (string, error)
+}
+
+// deprecatedFlags only exist so that parsing does not fail; nothing reads them.
+type deprecatedFlags struct {
+	probeInterval             time.Duration
+	syncForever               bool
+	serviceAccountTokenPath   string
+	enableProfiling           bool
+	enableContentionProfiling bool
+	logToStderr               bool
+	alsoLogToStderr           bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		ProxyServerPort:  8091,
+		SyncInterval:     time.Second,
+		SyncIntervalCap:  10 * time.Second,
+		KeepaliveTime:    15 * time.Second,
+		ConnStreams:      true,
+		DialTimeout:      5 * time.Second,
+		DrainGrace:       20 * time.Second,
+		HealthServerPort: 8093,
+		AdminBindAddress: "127.0.0.1",
+		AdminServerPort:  8094,
+		Logging:          logsapi.NewLoggingConfiguration(),
+		getenv:           os.Getenv,
+		hostname:         os.Hostname,
+	}
+}
+
+// Flags returns the flags grouped into the sections that --help prints.
+func (o *Options) Flags() cliflag.NamedFlagSets {
+	var fss cliflag.NamedFlagSets
+
+	fs := fss.FlagSet("server connection")
+	fs.StringVar(&o.ProxyServerHost, "proxy-server-host", o.ProxyServerHost, "Host name or address of the server's agent port, normally a load balancer in front of all server replicas. Required.")
+	fs.IntVar(&o.ProxyServerPort, "proxy-server-port", o.ProxyServerPort, "Port of the server's agent port.")
+	fs.StringVar(&o.ServerName, "server-name", o.ServerName, "Name (DNS name or IP address) the server's certificate must carry. Default: --proxy-server-host.")
+	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "CA bundle that verifies the server's certificate (the CA of the server's --cluster-cert). Required.")
+	fs.StringVar(&o.AgentCert, "agent-cert", o.AgentCert, "Client certificate the agent presents to the server (PEM). Required: the server trusts an agent's node identity only as far as this certificate proves it.")
+	fs.StringVar(&o.AgentKey, "agent-key", o.AgentKey, "Private key of --agent-cert (PEM). Required.")
+	fs.DurationVar(&o.SyncInterval, "sync-interval", o.SyncInterval, "How often the agent checks that it holds a connection to every server replica, and its first reconnect backoff.")
+	fs.DurationVar(&o.SyncIntervalCap, "sync-interval-cap", o.SyncIntervalCap, "Longest reconnect backoff.")
+	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to the server; a dead connection is noticed after about twice this.")
+	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Use one gRPC stream per tunneled connection when the server offers it, so that a slow reader stalls only its own connection. false speaks the single-stream upstream konnectivity protocol.")
+	fs.MarkHidden("conn-streams")
+	fs.DurationVar(&o.deprecated.probeInterval, "probe-interval", 0, "")
+	fs.MarkDeprecated("probe-interval", "ignored: dead server connections are detected by gRPC keepalive (--keepalive-time).")
+	fs.BoolVar(&o.deprecated.syncForever, "sync-forever", false, "")
+	fs.MarkDeprecated("sync-forever", "ignored: the agent always keeps checking, every --sync-interval, that it is connected to every server replica.")
+	fs.StringVar(&o.deprecated.serviceAccountTokenPath, "service-account-token-path", "", "")
+	fs.MarkDeprecated("service-account-token-path", "ignored: edge-tunnel agents authenticate with a client certificate (--agent-cert, --agent-key), which binds the agent to its node.")
+
+	fs = fss.FlagSet("identity and dialing")
+	fs.StringVar(&o.AgentID, "agent-id", o.AgentID, "Name of this agent in the server's logs and metrics. Default: $NODE_NAME, else the hostname.")
+	fs.StringVar(&o.AgentIdentifiers, "agent-identifiers", o.AgentIdentifiers, "Hosts and addresses this agent serves, as a URL query: host=NAME&ipv4=ADDR&ipv6=ADDR&cidr=NET&default-route=true (keys may repeat). $NODE_NAME adds a host; $NODE_IP, $HOST_IP and $NODE_IPS (comma-separated) add addresses.")
+	fs.StringSliceVar(&o.AllowedCIDRs, "allowed-cidrs", o.AllowedCIDRs, "Comma-separated networks the agent may dial besides its own addresses and loopback, e.g. 10.96.0.0/12 for Services reached from the node.")
+	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long the agent's dial of a target may take.")
+	fs.DurationVar(&o.DrainGrace, "drain-grace", o.DrainGrace, "After SIGTERM, how long open tunneled connections may finish while the agent tells the servers to send new dials elsewhere. Keep it below the pod's terminationGracePeriodSeconds.")
+
+	fs = fss.FlagSet("health and admin")
+	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
+	fs.IntVar(&o.HealthServerPort, "health-server-port", o.HealthServerPort, "Port of the health endpoint. 0 disables it.")
+	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof).")
+	fs.IntVar(&o.AdminServerPort, "admin-server-port", o.AdminServerPort, "Port of the admin endpoint. 0 disables it.")
+	fs.BoolVar(&o.deprecated.enableProfiling, "enable-profiling", false, "")
+	fs.MarkDeprecated("enable-profiling", "ignored: pprof is always served on --admin-bind-address:--admin-server-port (loopback by default); set --admin-server-port=0 to turn it off.")
+	fs.BoolVar(&o.deprecated.enableContentionProfiling, "enable-contention-profiling", false, "")
+	fs.MarkDeprecated("enable-contention-profiling", "ignored: the admin endpoint serves the standard pprof profiles; block and mutex profiling are not switched on.")
+
+	fs = fss.FlagSet("logging")
+	logsapi.AddFlags(o.Logging, fs)
+	fs.BoolVar(&o.deprecated.logToStderr, "logtostderr", true, "")
+	fs.MarkDeprecated("logtostderr", "ignored: edge-tunnel always logs to stderr.")
+	fs.BoolVar(&o.deprecated.alsoLogToStderr, "alsologtostderr", false, "")
+	fs.MarkDeprecated("alsologtostderr", "ignored: edge-tunnel always logs to stderr.")
+
+	return fss
+}
+
+// Validate checks the flags and the environment without touching the file
+// system; Config reads the files. Every problem found is reported, each
+// saying what to change.
+func (o *Options) Validate() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if o.ProxyServerHost == "" {
+		add("--proxy-server-host is required: the host name or address of the server's agent port (normally its load balancer)")
+	} else if _, err := serverHost(o.ProxyServerHost); err != nil {
+		add("--proxy-server-host=%q: %v", o.ProxyServerHost, err)
+	}
+	if o.ProxyServerPort < 1 || o.ProxyServerPort > 65535 {
+		add("--proxy-server-port=%d: not a port; give 1..65535", o.ProxyServerPort)
+	}
+	if o.CACert == "" {
+		add("--ca-cert is required: the CA that signed the server's --cluster-cert; without it the agent cannot tell the server from an impostor")
+	}
+	if o.AgentCert == "" || o.AgentKey == "" {
+		add("--agent-cert and --agent-key are required: the server authenticates agents by client certificate (mutual TLS)")
+	}
+	for _, p := range []struct {
+		flag string
+		port int
+	}{{"--health-server-port", o.HealthServerPort}, {"--admin-server-port", o.AdminServerPort}} {
+		if p.port < 0 || p.port > 65535 {
+			add("%s=%d: not a port; give 1..65535, or 0 to disable it", p.flag, p.port)
+		}
+	}
+	for _, d := range []struct {
+		flag string
+		val  time.Duration
+	}{{"--sync-interval", o.SyncInterval}, {"--sync-interval-cap", o.SyncIntervalCap}, {"--keepalive-time", o.KeepaliveTime}, {"--dial-timeout", o.DialTimeout}} {
+		if d.val <= 0 {
+			add("%s=%v: must be positive", d.flag, d.val)
+		}
+	}
+	if o.SyncInterval > o.SyncIntervalCap {
+		add("--sync-interval=%v is longer than --sync-interval-cap=%v; the cap must be at least the interval", o.SyncInterval, o.SyncIntervalCap)
+	}
+	if o.DrainGrace < 0 {
+		add("--drain-grace=%v: must not be negative (0 closes open connections at once)", o.DrainGrace)
+	}
+	if _, err := o.agentID(); err != nil {
+		errs = append(errs, err)
+	}
+	if ids, err := o.identifiers(); err != nil {
+		errs = append(errs, err)
+	} else if ids.IsEmpty() {
+		add("the agent has no identifiers, so the server could route nothing to it: set --agent-identifiers (e.g. host=NODE&ipv4=ADDR), or set NODE_NAME and NODE_IP in the environment (the DaemonSet's downward API: spec.nodeName and status.hostIP)")
+	}
+	if _, err := o.allowedCIDRs(); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// Config loads the certificates and builds the agent configuration. Call it
+// after Validate returned no errors.
+func (o *Options) Config() (agent.Config, error) {
+	host, err := serverHost(o.ProxyServerHost)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("--proxy-server-host=%q: %w", o.ProxyServerHost, err)
+	}
+	id, err := o.agentID()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	ids, err := o.identifiers()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	cidrs, err := o.allowedCIDRs()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	serverName := o.ServerName
+	if serverName == "" {
+		serverName = host
+	}
+	tlsCfg, err := tlsutil.ClientConfig(o.CACert, o.AgentCert, o.AgentKey, serverName)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("TLS to the server (--ca-cert, --agent-cert, --agent-key): %w", err)
+	}
+	return agent.Config{
+		ServerAddr:      net.JoinHostPort(host, strconv.Itoa(o.ProxyServerPort)),
+		TLS:             tlsCfg,
+		AgentID:         id,
+		Identifiers:     ids,
+		AllowedCIDRs:    cidrs,
+		HealthAddr:      joinHostPort(o.HealthBindAddress, o.HealthServerPort),
+		AdminAddr:       joinHostPort(o.AdminBindAddress, o.AdminServerPort),
+		SyncInterval:    o.SyncInterval,
+		SyncIntervalCap: o.SyncIntervalCap,
+		KeepaliveTime:   o.KeepaliveTime,
+		DialTimeout:     o.DialTimeout,
+		DrainGrace:      o.DrainGrace,
+		ConnStreams:     o.ConnStreams,
+	}, nil
+}
+
+// serverHost returns the host without brackets, and refuses a host:port,
+// which would otherwise become host:port:8091 and fail only at dial time.
+func serverHost(h string) (string, error) {
+	h = strings.TrimSpace(h)
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return h, nil
+	}
+	if strings.Contains(h, ":") {
+		return "", fmt.Errorf("give only the host here and the port in --proxy-server-port")
+	}
+	if h == "" {
+		return "", fmt.Errorf("empty host")
+	}
+	return h, nil
+}
+
+// agentID is --agent-id, else $NODE_NAME, else the hostname.
+func (o *Options) agentID() (string, error) {
+	if o.AgentID != "" {
+		return o.AgentID, nil
+	}
+	if n := strings.TrimSpace(o.getenv(envNodeName)); n != "" {
+		return n, nil
+	}
+	h, err := o.hostname()
+	if err != nil || h == "" {
+		return "", fmt.Errorf("cannot name the agent: --agent-id and $%s are empty and the hostname is unknown (%v); set --agent-id", envNodeName, err)
+	}
+	return h, nil
+}
+
+// identifiers parses --agent-identifiers and adds what the environment says:
+// $NODE_NAME as a host, $NODE_IP, $HOST_IP and $NODE_IPS as addresses.
+// Duplicates are dropped.
+func (o *Options) identifiers() (identity.Identifiers, error) {
+	ids, err := identity.Parse(o.AgentIdentifiers)
+	if err != nil {
+		return identity.Identifiers{}, fmt.Errorf("--agent-identifiers: %w", err)
+	}
+	if n := strings.TrimSpace(o.getenv(envNodeName)); n != "" {
+		fromEnv, err := identity.Parse("host=" + n)
+		if err != nil {
+			return identity.Identifiers{}, fmt.Errorf("$%s=%q is not a valid node name: %w", envNodeName, n, err)
+		}
+		norm := identity.NormalizeHost(n)
+		if !slices.ContainsFunc(ids.Hosts, func(h string) bool { return identity.NormalizeHost(h) == norm }) {
+			ids.Hosts = append(ids.Hosts, fromEnv.Hosts...)
+		}
+	}
+	for _, env := range []string{envNodeIP, envHostIP, envNodeIPs} {
+		for _, item := range strings.Split(o.getenv(env), ",") {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(item)
+			if err != nil || a.Zone() != "" {
+				return identity.Identifiers{}, fmt.Errorf("$%s: %q is not an IP address (want e.g. 10.0.0.5 or fd00::5, comma-separated in $%s)", env, item, envNodeIPs)
+			}
+			a = a.Unmap()
+			if a.Is4() {
+				if !slices.Contains(ids.IPv4, a) {
+					ids.IPv4 = append(ids.IPv4, a)
+				}
+			} else if !slices.Contains(ids.IPv6, a) {
+				ids.IPv6 = append(ids.IPv6, a)
+			}
+		}
+	}
+	return ids, nil
+}
+
+// allowedCIDRs parses --allowed-cidrs.
+func (o *Options) allowedCIDRs() ([]*net.IPNet, error) {
+	var nets []*net.IPNet
+	for _, s := range o.AllowedCIDRs {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			return nil, fmt.Errorf("--allowed-cidrs: %q is not a network in ADDR/BITS form (e.g. 10.96.0.0/12)", s)
+		}
+		nets = append(nets, n)
+	}
+	return nets, nil
+}
+
+// joinHostPort gives host:port, or "" when port is 0 (disabled).
+func joinHostPort(host string, port int) string {
+	if port == 0 {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}

@@ -1,0 +1,372 @@
+package options
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// parse builds the options from a command line and an environment the way
+// the command does.
+func parse(t *testing.T, env map[string]string, args ...string) (*Options, string) {
+	t.Helper()
+	o := NewOptions()
+	o.getenv = func(k string) string { return env[k] }
+	o.hostname = func() (string, error) { return "edge-host", nil }
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	fss := o.Flags()
+	for _, name := range fss.Order {
+		fs.AddFlagSet(fss.FlagSets[name])
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return o, out.String()
+}
+
+func TestDefaults(t *testing.T) {
+	o, _ := parse(t, nil)
+	want := map[string]bool{
+		"ProxyServerHost":   o.ProxyServerHost == "",
+		"ProxyServerPort":   o.ProxyServerPort == 8091,
+		"ServerName":        o.ServerName == "",
+		"HealthBindAddress": o.HealthBindAddress == "",
+		"HealthServerPort":  o.HealthServerPort == 8093,
+		"AdminBindAddress":  o.AdminBindAddress == "127.0.0.1",
+		"AdminServerPort":   o.AdminServerPort == 8094,
+		"SyncInterval":      o.SyncInterval == time.Second,
+		"SyncIntervalCap":   o.SyncIntervalCap == 10*time.Second,
+		"KeepaliveTime":     o.KeepaliveTime == 15*time.Second,
+		"DialTimeout":       o.DialTimeout == 5*time.Second,
+		"DrainGrace":        o.DrainGrace == 20*time.Second,
+		"ConnStreams":       o.ConnStreams,
+		"AllowedCIDRs":      len(o.AllowedCIDRs) == 0,
+		"Logging.Format":    o.Logging.Format == "text",
+	}
+	for name, ok := range want {
+		if !ok {
+			t.Errorf("default of %s is wrong: %+v", name, o)
+		}
+	}
+}
+
+func TestDeprecatedFlagsAreAcceptedAndExplained(t *testing.T) {
+	_, out := parse(t, nil, "--probe-interval=5s", "--sync-forever", "--service-account-token-path=/var/run/token",
+		"--enable-profiling", "--enable-contention-profiling", "--logtostderr", "--alsologtostderr")
+	for _, want := range []string{
+		"--probe-interval has been deprecated, ignored: dead server connections are detected by gRPC keepalive",
+		"--service-account-token-path has been deprecated",
+		"--agent-cert",
+		"--logtostderr has been deprecated",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("parse output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := []string{"--proxy-server-host=tunnel.example.com", "--ca-cert=ca", "--agent-cert=c", "--agent-key=k"}
+	node := map[string]string{"NODE_NAME": "edge-1"}
+	with := func(extra ...string) []string { return append(append([]string{}, good...), extra...) }
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string // substrings, one per expected error; nil: valid
+	}{
+		{"flags and NODE_NAME", node, good, nil},
+		{"identifiers flag only", nil, with("--agent-identifiers=ipv4=10.0.0.5"), nil},
+		{"NODE_IP only", map[string]string{"NODE_IP": "10.0.0.5"}, good, nil},
+		{"IPv6 host literal", node, with("--proxy-server-host=[fd00::1]"), nil},
+		{"no host", node, []string{"--ca-cert=ca", "--agent-cert=c", "--agent-key=k"}, []string{"--proxy-server-host is required"}},
+		{"host with port", node, with("--proxy-server-host=tunnel:8091"), []string{"port in --proxy-server-port"}},
+		{"bad port", node, with("--proxy-server-port=0"), []string{"--proxy-server-port=0: not a port"}},
+		{"no CA", node, []string{"--proxy-server-host=h", "--agent-cert=c", "--agent-key=k"}, []string{"--ca-cert is required"}},
+		{"no client cert", node, []string{"--proxy-server-host=h", "--ca-cert=ca", "--agent-key=k"}, []string{"--agent-cert and --agent-key are required"}},
+		{"no identifiers", nil, good, []string{"set --agent-identifiers"}},
+		{"bad identifiers", node, with("--agent-identifiers=ipv4=fd00::1"), []string{"--agent-identifiers: ipv4"}},
+		{"bad NODE_IPS", map[string]string{"NODE_NAME": "edge-1", "NODE_IPS": "10.0.0.5,nope"}, good, []string{`$NODE_IPS: "nope" is not an IP address`}},
+		{"bad NODE_NAME", map[string]string{"NODE_NAME": "edge_1"}, good, []string{`$NODE_NAME="edge_1" is not a valid node name`}},
+		{"bad cidr", node, with("--allowed-cidrs=10.0.0.0/8,10.1.2.3"), []string{`--allowed-cidrs: "10.1.2.3"`}},
+		{"interval over cap", node, with("--sync-interval=30s"), []string{"longer than --sync-interval-cap"}},
+		{"zero durations", node, with("--keepalive-time=0s", "--dial-timeout=0s"), []string{"--keepalive-time=0s", "--dial-timeout=0s"}},
+		{"negative drain", node, with("--drain-grace=-1s"), []string{"--drain-grace=-1s"}},
+		{"admin port range", node, with("--admin-server-port=-1"), []string{"--admin-server-port=-1"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _ := parse(t, tc.env, tc.args...)
+			errs := o.Validate()
+			if len(errs) != len(tc.want) {
+				t.Fatalf("got %d errors, want %d: %v", len(errs), len(tc.want), errors.Join(errs...))
+			}
+			for i, want := range tc.want {
+				if !strings.Contains(errs[i].Error(), want) {
+					t.Errorf("error %d = %q, want it to contain %q", i, errs[i], want)
+				}
+			}
+		})
+	}
+}
+
+func TestIdentifiersMergeEnvironment(t *testing.T) {
+	env := map[string]string{
+		"NODE_NAME": "EDGE-1",                        // same node as the flag's host: not added twice
+		"NODE_IP":   "10.0.0.5",                      // already in the flag
+		"HOST_IP":   "::ffff:10.0.0.7",               // IPv4-mapped: an IPv4 address
+		"NODE_IPS":  " 10.0.0.6 , fd00::6,,10.0.0.6", // spaces, empty item, duplicate
+	}
+	o, _ := parse(t, env, "--agent-identifiers=host=edge-1&ipv4=10.0.0.5&cidr=192.168.0.0/24")
+	ids, err := o.identifiers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids.Hosts, []string{"edge-1"}) {
+		t.Errorf("Hosts = %q", ids.Hosts)
+	}
+	wantV4 := []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("10.0.0.6")}
+	if !slices.Equal(ids.IPv4, wantV4) {
+		t.Errorf("IPv4 = %v, want %v", ids.IPv4, wantV4)
+	}
+	if !slices.Equal(ids.IPv6, []netip.Addr{netip.MustParseAddr("fd00::6")}) {
+		t.Errorf("IPv6 = %v", ids.IPv6)
+	}
+	if len(ids.CIDRs) != 1 {
+		t.Errorf("CIDRs from the flag lost: %v", ids.CIDRs)
+	}
+
+	o, _ = parse(t, map[string]string{"NODE_NAME": "edge-2"})
+	ids, err = o.identifiers()
+	if err != nil || !slices.Equal(ids.Hosts, []string{"edge-2"}) {
+		t.Errorf("NODE_NAME alone: %+v, %v", ids, err)
+	}
+}
+
+func TestAgentID(t *testing.T) {
+	o, _ := parse(t, map[string]string{"NODE_NAME": "edge-1"}, "--agent-id=custom")
+	if id, _ := o.agentID(); id != "custom" {
+		t.Errorf("--agent-id: %q", id)
+	}
+	o, _ = parse(t, map[string]string{"NODE_NAME": "edge-1"})
+	if id, _ := o.agentID(); id != "edge-1" {
+		t.Errorf("NODE_NAME: %q", id)
+	}
+	o, _ = parse(t, nil)
+	if id, _ := o.agentID(); id != "edge-host" {
+		t.Errorf("hostname: %q", id)
+	}
+	o.hostname = func() (string, error) { return "", errors.New("uname failed") }
+	if _, err := o.agentID(); err == nil || !strings.Contains(err.Error(), "set --agent-id") {
+		t.Errorf("no name at all: err = %v", err)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writeCerts(t, dir)
+	env := map[string]string{"NODE_NAME": "edge-1", "NODE_IP": "10.0.0.5"}
+	o, _ := parse(t, env,
+		"--proxy-server-host=127.0.0.1", "--proxy-server-port=9443",
+		"--ca-cert="+ca, "--agent-cert="+cert, "--agent-key="+key,
+		"--allowed-cidrs=10.96.0.0/12, fd00:96::/108",
+		"--health-bind-address=0.0.0.0", "--admin-server-port=0",
+		"--sync-interval=2s", "--sync-interval-cap=20s", "--keepalive-time=1m", "--dial-timeout=3s",
+		"--drain-grace=0s", "--conn-streams=false",
+	)
+	if errs := o.Validate(); len(errs) != 0 {
+		t.Fatalf("Validate: %v", errors.Join(errs...))
+	}
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatalf("Config: %v", err)
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"ServerAddr", cfg.ServerAddr, "127.0.0.1:9443"},
+		{"AgentID", cfg.AgentID, "edge-1"},
+		{"Identifiers", cfg.Identifiers.String(), "host=edge-1&ipv4=10.0.0.5"},
+		{"len(AllowedCIDRs)", len(cfg.AllowedCIDRs), 2},
+		{"HealthAddr", cfg.HealthAddr, "0.0.0.0:8093"},
+		{"AdminAddr", cfg.AdminAddr, ""},
+		{"SyncInterval", cfg.SyncInterval, 2 * time.Second},
+		{"SyncIntervalCap", cfg.SyncIntervalCap, 20 * time.Second},
+		{"KeepaliveTime", cfg.KeepaliveTime, time.Minute},
+		{"DialTimeout", cfg.DialTimeout, 3 * time.Second},
+		{"DrainGrace", cfg.DrainGrace, time.Duration(0)},
+		{"ConnStreams", cfg.ConnStreams, false},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	if len(cfg.AllowedCIDRs) == 2 && (cfg.AllowedCIDRs[0].String() != "10.96.0.0/12" || cfg.AllowedCIDRs[1].String() != "fd00:96::/108") {
+		t.Errorf("AllowedCIDRs = %v", cfg.AllowedCIDRs)
+	}
+
+	// The client config presents the agent certificate and verifies the
+	// server against --ca-cert under the name --proxy-server-host.
+	srv := serverTLS(t, ca, cert, key)
+	if err := handshake(t, srv, cfg.TLS); err != nil {
+		t.Errorf("handshake with the server failed: %v", err)
+	}
+
+	// --server-name overrides the name checked; a wrong one must fail.
+	o, _ = parse(t, env, "--proxy-server-host=127.0.0.1", "--server-name=other.example",
+		"--ca-cert="+ca, "--agent-cert="+cert, "--agent-key="+key)
+	cfg, err = o.Config()
+	if err != nil {
+		t.Fatalf("Config: %v", err)
+	}
+	if err := handshake(t, srv, cfg.TLS); err == nil {
+		t.Errorf("handshake succeeded although the server certificate does not carry --server-name")
+	}
+}
+
+func TestConfigIPv6Server(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writeCerts(t, dir)
+	o, _ := parse(t, map[string]string{"NODE_NAME": "edge-1"},
+		"--proxy-server-host=[fd00::1]", "--ca-cert="+ca, "--agent-cert="+cert, "--agent-key="+key)
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerAddr != "[fd00::1]:8091" {
+		t.Errorf("ServerAddr = %q", cfg.ServerAddr)
+	}
+}
+
+func TestConfigNamesFlagsOfUnreadableFiles(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writeCerts(t, dir)
+	o, _ := parse(t, map[string]string{"NODE_NAME": "edge-1"},
+		"--proxy-server-host=h", "--ca-cert="+filepath.Join(dir, "missing.pem"), "--agent-cert="+cert, "--agent-key="+key)
+	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--ca-cert") {
+		t.Errorf("err = %v, want it to name --ca-cert", err)
+	}
+}
+
+// serverTLS builds a server config by hand (not through the code under test)
+// that requires a client certificate from the CA.
+func serverTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	pemCA, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemCA)
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{c}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+}
+
+// handshake runs one TLS handshake over loopback and returns the first error
+// of either side.
+func handshake(t *testing.T, server, client *tls.Config) error {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serverErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			serverErr <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		serverErr <- c.(*tls.Conn).Handshake()
+	}()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), client)
+	if err == nil {
+		// With TLS 1.3 the client finishes before the server has checked the
+		// client certificate; a read surfaces the server's verdict.
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			err = nil
+		}
+		c.Close()
+	}
+	if sErr := <-serverErr; sErr != nil && err == nil {
+		return sErr
+	}
+	return err
+}
+
+// writeCerts writes a self-signed CA and a certificate it signed for
+// 127.0.0.1 (server and client use), and returns the three file names.
+func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "edge-1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("ca.pem", "CERTIFICATE", caDER), write("cert.pem", "CERTIFICATE", leafDER), write("key.pem", "PRIVATE KEY", keyDER)
+}

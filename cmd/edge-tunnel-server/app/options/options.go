@@ -1,0 +1,310 @@
+// Package options holds the command-line flags of edge-tunnel-server, checks
+// them, and turns them into a server.Config.
+//
+// Flag names and meanings follow upstream konnectivity-server wherever the
+// concept is the same, so that swapping the image in an existing manifest
+// keeps working. Upstream flags whose feature edge-tunnel does differently are
+// still accepted, marked deprecated, and ignored with a message that says what
+// edge-tunnel does instead.
+package options
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	cliflag "k8s.io/component-base/cli/flag"
+	logsapi "k8s.io/component-base/logs/api/v1"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
+)
+
+// Options are the flags of edge-tunnel-server.
+type Options struct {
+	// Frontend: where kube-apiserver and other cloud clients connect.
+	UDSName           string
+	UDSMode           string
+	ServerBindAddress string
+	ServerPort        int
+	ServerCert        string
+	ServerKey         string
+	ServerCACert      string
+
+	// Agent port: where edge-tunnel-agents connect.
+	AgentBindAddress string
+	AgentPort        int
+	ClusterCert      string
+	ClusterKey       string
+	ClusterCACert    string
+	ServerID         string
+	ServerCount      int
+	KeepaliveTime    time.Duration
+	ConnStreams      bool
+
+	// Dialing.
+	DialTimeout time.Duration
+	DirectDial  bool
+
+	// Health and admin endpoints.
+	HealthBindAddress string
+	HealthPort        int
+	AdminBindAddress  string
+	AdminPort         int
+
+	// Logging is klog's configuration (-v, --vmodule, --logging-format).
+	Logging *logsapi.LoggingConfiguration
+
+	// deprecated holds upstream flags that are accepted and ignored.
+	deprecated deprecatedFlags
+
+	// Environment lookups, replaceable in tests.
+	getenv   func(string) string
+	hostname func() (string, error)
+}
+
+// deprecatedFlags only exist so that parsing does not fail; nothing reads them.
+type deprecatedFlags struct {
+	mode                      string
+	proxyStrategies           string
+	enableProfiling           bool
+	enableContentionProfiling bool
+	deleteExistingUDSFile     bool
+	authenticationAudience    string
+	agentNamespace            string
+	agentServiceAccount       string
+	kubeconfig                string
+	logToStderr               bool
+	alsoLogToStderr           bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		UDSMode:          "0660",
+		ServerPort:       8090,
+		AgentPort:        8091,
+		ServerCount:      1,
+		KeepaliveTime:    30 * time.Second,
+		ConnStreams:      true,
+		DialTimeout:      10 * time.Second,
+		DirectDial:       true,
+		HealthPort:       8092,
+		AdminBindAddress: "127.0.0.1",
+		AdminPort:        8095,
+		Logging:          logsapi.NewLoggingConfiguration(),
+		getenv:           os.Getenv,
+		hostname:         os.Hostname,
+	}
+}
+
+// Flags returns the flags grouped into the sections that --help prints.
+func (o *Options) Flags() cliflag.NamedFlagSets {
+	var fss cliflag.NamedFlagSets
+
+	fs := fss.FlagSet("frontend")
+	fs.StringVar(&o.UDSName, "uds-name", o.UDSName, "Path of the UNIX socket kube-apiserver's egress selector connects to. Both the gRPC protocol and HTTP CONNECT are served on it. Empty disables the socket.")
+	fs.StringVar(&o.UDSMode, "uds-mode", o.UDSMode, "File mode of the UNIX socket, in octal.")
+	fs.StringVar(&o.ServerBindAddress, "server-bind-address", o.ServerBindAddress, "Address the TCP frontend listens on. Empty means all interfaces.")
+	fs.IntVar(&o.ServerPort, "server-port", o.ServerPort, "Port of the TCP frontend (gRPC and HTTP CONNECT over mutual TLS). 0 disables it.")
+	fs.StringVar(&o.ServerCert, "server-cert", o.ServerCert, "Certificate the TCP frontend presents to its clients (PEM).")
+	fs.StringVar(&o.ServerKey, "server-key", o.ServerKey, "Private key of --server-cert (PEM).")
+	fs.StringVar(&o.ServerCACert, "server-ca-cert", o.ServerCACert, "CA bundle that verifies the client certificates of the TCP frontend's clients (kube-apiserver). Required when --server-port is not 0.")
+	fs.StringVar(&o.deprecated.mode, "mode", "", "")
+	fs.MarkDeprecated("mode", "ignored: edge-tunnel serves gRPC and HTTP CONNECT on the same socket and port, and tells them apart per connection.")
+	fs.BoolVar(&o.deprecated.deleteExistingUDSFile, "delete-existing-uds-file", false, "")
+	fs.MarkDeprecated("delete-existing-uds-file", "ignored: edge-tunnel removes a stale socket file at --uds-name before it listens.")
+
+	fs = fss.FlagSet("agent connections")
+	fs.StringVar(&o.AgentBindAddress, "agent-bind-address", o.AgentBindAddress, "Address agents connect to. Empty means all interfaces.")
+	fs.IntVar(&o.AgentPort, "agent-port", o.AgentPort, "Port agents connect to (gRPC over TLS).")
+	fs.StringVar(&o.ClusterCert, "cluster-cert", o.ClusterCert, "Certificate the agent port presents to agents (PEM). Required.")
+	fs.StringVar(&o.ClusterKey, "cluster-key", o.ClusterKey, "Private key of --cluster-cert (PEM). Required.")
+	fs.StringVar(&o.ClusterCACert, "cluster-ca-cert", o.ClusterCACert, "CA bundle that verifies agents' client certificates. Without it agents are not authenticated and any of them may claim any node.")
+	fs.StringVar(&o.ServerID, "server-id", o.ServerID, "Unique ID of this server replica, sent to agents. Default: $PROXY_SERVER_ID, else the hostname, else a random UUID.")
+	fs.IntVar(&o.ServerCount, "server-count", o.ServerCount, "Number of server replicas; each agent keeps one connection to each.")
+	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents; a dead agent connection is noticed after about twice this.")
+	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Offer agents one gRPC stream per tunneled connection, so that a slow reader stalls only its own connection. Agents that do not support it (upstream konnectivity-agent) fall back to the single-stream protocol either way; false forces the single-stream protocol for all agents.")
+	fs.MarkHidden("conn-streams")
+	fs.StringVar(&o.deprecated.authenticationAudience, "authentication-audience", "", "")
+	fs.MarkDeprecated("authentication-audience", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
+	fs.StringVar(&o.deprecated.agentNamespace, "agent-namespace", "", "")
+	fs.MarkDeprecated("agent-namespace", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
+	fs.StringVar(&o.deprecated.agentServiceAccount, "agent-service-account", "", "")
+	fs.MarkDeprecated("agent-service-account", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
+	fs.StringVar(&o.deprecated.kubeconfig, "kubeconfig", "", "")
+	fs.MarkDeprecated("kubeconfig", "ignored: it only served ServiceAccount token review of agents, which edge-tunnel replaces with client certificates verified against --cluster-ca-cert.")
+
+	fs = fss.FlagSet("dialing")
+	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long a dial through an agent, or a direct dial, may take before the client gets an error.")
+	fs.BoolVar(&o.DirectDial, "direct-dial", o.DirectDial, "Dial destinations that no agent serves from the server itself. Needed when kube-apiserver sends all egress through the tunnel: admission webhooks and aggregated APIs (metrics-server) live in the cloud.")
+	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
+	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
+
+	fs = fss.FlagSet("health and admin")
+	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
+	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
+	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof and the effective configuration).")
+	fs.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "Port of the admin endpoint. 0 disables it.")
+	fs.BoolVar(&o.deprecated.enableProfiling, "enable-profiling", false, "")
+	fs.MarkDeprecated("enable-profiling", "ignored: pprof is always served on --admin-bind-address:--admin-port (loopback by default); set --admin-port=0 to turn it off.")
+	fs.BoolVar(&o.deprecated.enableContentionProfiling, "enable-contention-profiling", false, "")
+	fs.MarkDeprecated("enable-contention-profiling", "ignored: the admin endpoint serves the standard pprof profiles; block and mutex profiling are not switched on.")
+
+	fs = fss.FlagSet("logging")
+	logsapi.AddFlags(o.Logging, fs)
+	fs.BoolVar(&o.deprecated.logToStderr, "logtostderr", true, "")
+	fs.MarkDeprecated("logtostderr", "ignored: edge-tunnel always logs to stderr.")
+	fs.BoolVar(&o.deprecated.alsoLogToStderr, "alsologtostderr", false, "")
+	fs.MarkDeprecated("alsologtostderr", "ignored: edge-tunnel always logs to stderr.")
+
+	return fss
+}
+
+// Validate checks the flags without touching the file system; Config reads
+// the files. Every problem found is reported, each saying what to change.
+func (o *Options) Validate() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if o.UDSName == "" && o.ServerPort == 0 {
+		add("no frontend for kube-apiserver: set --uds-name (a UNIX socket) and/or --server-port (TCP with mutual TLS)")
+	}
+	if _, err := parseMode(o.UDSMode); err != nil {
+		add("--uds-mode %q: %v", o.UDSMode, err)
+	}
+	errs = append(errs, checkPort("--server-port", o.ServerPort, true)...)
+	errs = append(errs, checkPort("--agent-port", o.AgentPort, false)...)
+	errs = append(errs, checkPort("--health-port", o.HealthPort, true)...)
+	errs = append(errs, checkPort("--admin-port", o.AdminPort, true)...)
+
+	if o.ServerPort != 0 {
+		if o.ServerCert == "" || o.ServerKey == "" {
+			add("the TCP frontend (--server-port=%d) needs --server-cert and --server-key; set them, or set --server-port=0 and use --uds-name", o.ServerPort)
+		}
+		if o.ServerCACert == "" {
+			add("the TCP frontend (--server-port=%d) needs --server-ca-cert: it opens connections into every edge node, so it only serves clients with a certificate from that CA (kube-apiserver's egress client certificate); set it, or set --server-port=0 and use --uds-name", o.ServerPort)
+		}
+	}
+	if o.ClusterCert == "" || o.ClusterKey == "" {
+		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
+	}
+	if o.ServerCount < 1 {
+		add("--server-count=%d: must be at least 1 (the number of server replicas)", o.ServerCount)
+	}
+	if o.KeepaliveTime <= 0 {
+		add("--keepalive-time=%v: must be positive (e.g. 30s)", o.KeepaliveTime)
+	}
+	if o.DialTimeout <= 0 {
+		add("--dial-timeout=%v: must be positive (e.g. 10s)", o.DialTimeout)
+	}
+	return errs
+}
+
+// Warnings lists settings that work but are probably not what the operator
+// wants. The command logs them at start.
+func (o *Options) Warnings() []string {
+	var ws []string
+	if o.ClusterCACert == "" {
+		ws = append(ws, "--cluster-ca-cert is not set: agents are not authenticated, and any agent that reaches the agent port may claim any node")
+	}
+	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
+		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
+	}
+	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
+		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
+	}
+	return ws
+}
+
+// Config loads the certificates and builds the server configuration. Call it
+// after Validate returned no errors.
+func (o *Options) Config() (server.Config, error) {
+	mode, err := parseMode(o.UDSMode)
+	if err != nil {
+		return server.Config{}, fmt.Errorf("--uds-mode %q: %w", o.UDSMode, err)
+	}
+	cfg := server.Config{
+		UDSName:       o.UDSName,
+		UDSMode:       mode,
+		AgentAddr:     joinHostPort(o.AgentBindAddress, o.AgentPort),
+		HealthAddr:    joinHostPort(o.HealthBindAddress, o.HealthPort),
+		AdminAddr:     joinHostPort(o.AdminBindAddress, o.AdminPort),
+		ServerID:      o.serverID(),
+		ServerCount:   o.ServerCount,
+		KeepaliveTime: o.KeepaliveTime,
+		DialTimeout:   o.DialTimeout,
+		DirectDial:    o.DirectDial,
+		ConnStreams:   o.ConnStreams,
+	}
+	if o.ServerPort != 0 {
+		cfg.FrontendAddr = joinHostPort(o.ServerBindAddress, o.ServerPort)
+		cfg.FrontendTLS, err = tlsutil.ServerConfig(o.ServerCert, o.ServerKey, o.ServerCACert)
+		if err != nil {
+			return server.Config{}, fmt.Errorf("TLS of the TCP frontend (--server-cert, --server-key, --server-ca-cert): %w", err)
+		}
+	}
+	cfg.AgentTLS, err = tlsutil.ServerConfig(o.ClusterCert, o.ClusterKey, o.ClusterCACert)
+	if err != nil {
+		return server.Config{}, fmt.Errorf("TLS of the agent port (--cluster-cert, --cluster-key, --cluster-ca-cert): %w", err)
+	}
+	return cfg, nil
+}
+
+// serverID is --server-id, else $PROXY_SERVER_ID (upstream's variable), else
+// the hostname (the pod name in a Deployment: stable for the pod's life and
+// readable in logs), else a random UUID.
+func (o *Options) serverID() string {
+	if o.ServerID != "" {
+		return o.ServerID
+	}
+	if id := strings.TrimSpace(o.getenv("PROXY_SERVER_ID")); id != "" {
+		return id
+	}
+	if h, err := o.hostname(); err == nil && h != "" {
+		return h
+	}
+	return uuid.NewString()
+}
+
+// parseMode reads an octal file mode such as "0660" or "660".
+func parseMode(s string) (os.FileMode, error) {
+	if s == "" {
+		return 0, fmt.Errorf("empty; give an octal mode such as 0660")
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil {
+		return 0, fmt.Errorf("not an octal number; give an octal mode such as 0660")
+	}
+	if m > 0o777 {
+		return 0, fmt.Errorf("only permission bits (at most 0777) are allowed")
+	}
+	return os.FileMode(m), nil
+}
+
+// checkPort reports a port outside 1..65535 (or 0, when zeroOK: disabled).
+func checkPort(flag string, port int, zeroOK bool) []error {
+	switch {
+	case port == 0 && zeroOK:
+		return nil
+	case port == 0:
+		return []error{fmt.Errorf("%s=0: this port cannot be disabled; give a port in 1..65535", flag)}
+	case (port < 0 || port > 65535) && zeroOK:
+		return []error{fmt.Errorf("%s=%d: not a port; give 1..65535, or 0 to disable it", flag, port)}
+	case port < 0 || port > 65535:
+		return []error{fmt.Errorf("%s=%d: not a port; give 1..65535", flag, port)}
+	}
+	return nil
+}
+
+// joinHostPort gives host:port, or "" when port is 0 (disabled).
+func joinHostPort(host string, port int) string {
+	if port == 0 {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}

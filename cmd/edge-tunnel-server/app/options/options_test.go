@@ -1,0 +1,394 @@
+package options
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// parse builds the options from a command line the way the command does.
+func parse(t *testing.T, args ...string) (*Options, string) {
+	t.Helper()
+	o := NewOptions()
+	o.getenv = func(string) string { return "" }
+	o.hostname = func() (string, error) { return "cloud-node-1", nil }
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	fss := o.Flags()
+	for _, name := range fss.Order {
+		fs.AddFlagSet(fss.FlagSets[name])
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return o, out.String()
+}
+
+func TestDefaults(t *testing.T) {
+	o, _ := parse(t)
+	want := map[string]bool{
+		"UDSName":           o.UDSName == "",
+		"UDSMode":           o.UDSMode == "0660",
+		"ServerBindAddress": o.ServerBindAddress == "",
+		"ServerPort":        o.ServerPort == 8090,
+		"AgentBindAddress":  o.AgentBindAddress == "",
+		"AgentPort":         o.AgentPort == 8091,
+		"HealthBindAddress": o.HealthBindAddress == "",
+		"HealthPort":        o.HealthPort == 8092,
+		"AdminBindAddress":  o.AdminBindAddress == "127.0.0.1",
+		"AdminPort":         o.AdminPort == 8095,
+		"ServerID":          o.ServerID == "",
+		"ServerCount":       o.ServerCount == 1,
+		"KeepaliveTime":     o.KeepaliveTime == 30*time.Second,
+		"DialTimeout":       o.DialTimeout == 10*time.Second,
+		"DirectDial":        o.DirectDial,
+		"ConnStreams":       o.ConnStreams,
+		"Logging.Format":    o.Logging.Format == "text",
+	}
+	for name, ok := range want {
+		if !ok {
+			t.Errorf("default of %s is wrong: %+v", name, o)
+		}
+	}
+}
+
+func TestFlagSectionsAndNames(t *testing.T) {
+	o := NewOptions()
+	fss := o.Flags()
+	wantOrder := []string{"frontend", "agent connections", "dialing", "health and admin", "logging"}
+	if strings.Join(fss.Order, ",") != strings.Join(wantOrder, ",") {
+		t.Errorf("sections = %q, want %q", fss.Order, wantOrder)
+	}
+	for _, name := range []string{
+		"uds-name", "uds-mode", "server-bind-address", "server-port", "server-cert", "server-key", "server-ca-cert",
+		"agent-bind-address", "agent-port", "cluster-cert", "cluster-key", "cluster-ca-cert",
+		"health-bind-address", "health-port", "admin-bind-address", "admin-port",
+		"server-id", "server-count", "keepalive-time", "dial-timeout", "direct-dial", "conn-streams",
+		"v", "vmodule", "logging-format",
+		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
+		"authentication-audience", "agent-namespace", "agent-service-account", "kubeconfig",
+	} {
+		found := false
+		for _, fs := range fss.FlagSets {
+			if fs.Lookup(name) != nil {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("flag --%s is not defined", name)
+		}
+	}
+}
+
+func TestDeprecatedFlagsAreAcceptedAndExplained(t *testing.T) {
+	o, out := parse(t,
+		"--mode=http-connect", "--proxy-strategies=destHost,default", "--enable-profiling",
+		"--enable-contention-profiling", "--delete-existing-uds-file=true",
+		"--authentication-audience=system:konnectivity-server", "--agent-namespace=kube-system",
+		"--agent-service-account=konnectivity-agent", "--kubeconfig=/etc/kubernetes/konnectivity.conf",
+		"--logtostderr=true",
+	)
+	for _, want := range []string{
+		"--mode has been deprecated, ignored: edge-tunnel serves gRPC and HTTP CONNECT on the same socket",
+		"--proxy-strategies has been deprecated",
+		"--kubeconfig has been deprecated",
+		"client certificates",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("parse output lacks %q:\n%s", want, out)
+		}
+	}
+	if o.UDSName != "" || o.ServerPort != 8090 {
+		t.Errorf("deprecated flags changed real options: %+v", o)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	certs := []string{"--cluster-cert=c", "--cluster-key=k"}
+	tcp := []string{"--server-cert=c", "--server-key=k", "--server-ca-cert=ca"}
+	cases := []struct {
+		name string
+		args []string
+		want []string // substrings, one per expected error; nil: valid
+	}{
+		{"uds only", append([]string{"--uds-name=/run/s.sock", "--server-port=0"}, certs...), nil},
+		{"tcp only", append(append([]string{}, tcp...), certs...), nil},
+		{"uds and tcp", append(append([]string{"--uds-name=/run/s.sock"}, tcp...), certs...), nil},
+		{"no frontend", append([]string{"--server-port=0"}, certs...), []string{"set --uds-name"}},
+		{"tcp without client CA", append([]string{"--server-cert=c", "--server-key=k"}, certs...), []string{"needs --server-ca-cert"}},
+		{"tcp without cert", append([]string{"--server-ca-cert=ca"}, certs...), []string{"needs --server-cert and --server-key"}},
+		{"no cluster cert", tcp, []string{"--cluster-cert and --cluster-key"}},
+		{"bad mode", append(append([]string{"--uds-mode=rw"}, tcp...), certs...), []string{"--uds-mode \"rw\": not an octal"}},
+		{"mode too big", append(append([]string{"--uds-mode=7777"}, tcp...), certs...), []string{"at most 0777"}},
+		{"agent port 0", append(append([]string{"--agent-port=0"}, tcp...), certs...), []string{"--agent-port=0: this port cannot be disabled"}},
+		{"port range", append(append([]string{"--health-port=70000"}, tcp...), certs...), []string{"--health-port=70000: not a port; give 1..65535, or 0"}},
+		{"server count", append(append([]string{"--server-count=0"}, tcp...), certs...), []string{"--server-count=0"}},
+		{"durations", append(append([]string{"--keepalive-time=0s", "--dial-timeout=-1s"}, tcp...), certs...), []string{"--keepalive-time", "--dial-timeout"}},
+		{"defaults", nil, []string{"needs --server-cert", "needs --server-ca-cert", "--cluster-cert"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _ := parse(t, tc.args...)
+			errs := o.Validate()
+			if len(errs) != len(tc.want) {
+				t.Fatalf("got %d errors, want %d: %v", len(errs), len(tc.want), errors.Join(errs...))
+			}
+			for i, want := range tc.want {
+				if !strings.Contains(errs[i].Error(), want) {
+					t.Errorf("error %d = %q, want it to contain %q", i, errs[i], want)
+				}
+			}
+		})
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	o, _ := parse(t, "--uds-name=/s", "--server-port=0", "--server-cert=c", "--cluster-cert=c", "--cluster-key=k", "--mode=tcp")
+	got := strings.Join(o.Warnings(), "\n")
+	for _, want := range []string{"--cluster-ca-cert is not set", "unused because --server-port=0", `--mode="tcp"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("warnings lack %q:\n%s", want, got)
+		}
+	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--mode=grpc")
+	if ws := o.Warnings(); len(ws) != 0 {
+		t.Errorf("unexpected warnings: %q", ws)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writeCerts(t, dir)
+	o, _ := parse(t,
+		"--uds-name=/run/edge-tunnel.sock", "--uds-mode=0600",
+		"--server-bind-address=10.0.0.1", "--server-cert="+cert, "--server-key="+key, "--server-ca-cert="+ca,
+		"--agent-bind-address=::", "--cluster-cert="+cert, "--cluster-key="+key, "--cluster-ca-cert="+ca,
+		"--health-port=0", "--admin-port=9000",
+		"--server-count=3", "--keepalive-time=1m", "--dial-timeout=3s", "--direct-dial=false", "--conn-streams=false",
+	)
+	if errs := o.Validate(); len(errs) != 0 {
+		t.Fatalf("Validate: %v", errors.Join(errs...))
+	}
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatalf("Config: %v", err)
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"UDSName", cfg.UDSName, "/run/edge-tunnel.sock"},
+		{"UDSMode", cfg.UDSMode, os.FileMode(0o600)},
+		{"FrontendAddr", cfg.FrontendAddr, "10.0.0.1:8090"},
+		{"AgentAddr", cfg.AgentAddr, "[::]:8091"},
+		{"HealthAddr", cfg.HealthAddr, ""},
+		{"AdminAddr", cfg.AdminAddr, "127.0.0.1:9000"},
+		{"ServerID", cfg.ServerID, "cloud-node-1"},
+		{"ServerCount", cfg.ServerCount, 3},
+		{"KeepaliveTime", cfg.KeepaliveTime, time.Minute},
+		{"DialTimeout", cfg.DialTimeout, 3 * time.Second},
+		{"DirectDial", cfg.DirectDial, false},
+		{"ConnStreams", cfg.ConnStreams, false},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	// Both ports must do mutual TLS: a client with a certificate from the CA
+	// gets through, a client without one does not.
+	withCert := clientTLS(t, ca, cert, key)
+	noCert := clientTLS(t, ca, "", "")
+	for name, srv := range map[string]*tls.Config{"FrontendTLS": cfg.FrontendTLS, "AgentTLS": cfg.AgentTLS} {
+		if srv == nil {
+			t.Errorf("%s is nil", name)
+			continue
+		}
+		if err := handshake(t, srv, withCert); err != nil {
+			t.Errorf("%s: handshake with a client certificate failed: %v", name, err)
+		}
+		if err := handshake(t, srv, noCert); err == nil {
+			t.Errorf("%s: handshake without a client certificate succeeded; mutual TLS is not enforced", name)
+		}
+	}
+}
+
+func TestConfigUDSOnlyHasNoFrontendAddr(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writeCerts(t, dir)
+	o, _ := parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert="+cert, "--cluster-key="+key)
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatalf("Config: %v", err)
+	}
+	if cfg.FrontendAddr != "" || cfg.FrontendTLS != nil {
+		t.Errorf("TCP frontend configured although --server-port=0: %q %v", cfg.FrontendAddr, cfg.FrontendTLS)
+	}
+	if cfg.AgentAddr != ":8091" || cfg.HealthAddr != ":8092" || cfg.AdminAddr != "127.0.0.1:8095" {
+		t.Errorf("addresses = %q %q %q", cfg.AgentAddr, cfg.HealthAddr, cfg.AdminAddr)
+	}
+}
+
+func TestConfigNamesFlagsOfUnreadableFiles(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writeCerts(t, dir)
+	missing := filepath.Join(dir, "missing.pem")
+
+	o, _ := parse(t, "--server-cert="+cert, "--server-key="+key, "--server-ca-cert="+missing, "--cluster-cert="+cert, "--cluster-key="+key)
+	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--server-ca-cert") {
+		t.Errorf("missing client CA: err = %v, want it to name --server-ca-cert", err)
+	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert="+missing, "--cluster-key="+key)
+	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--cluster-cert") {
+		t.Errorf("missing cluster cert: err = %v, want it to name --cluster-cert", err)
+	}
+}
+
+func TestServerIDFallbacks(t *testing.T) {
+	o := NewOptions()
+	o.getenv = func(k string) string {
+		if k == "PROXY_SERVER_ID" {
+			return "from-env"
+		}
+		return ""
+	}
+	o.hostname = func() (string, error) { return "host", nil }
+	if got := o.serverID(); got != "from-env" {
+		t.Errorf("with PROXY_SERVER_ID: %q", got)
+	}
+	o.ServerID = "from-flag"
+	if got := o.serverID(); got != "from-flag" {
+		t.Errorf("with --server-id: %q", got)
+	}
+	o.ServerID = ""
+	o.getenv = func(string) string { return "" }
+	if got := o.serverID(); got != "host" {
+		t.Errorf("hostname fallback: %q", got)
+	}
+	o.hostname = func() (string, error) { return "", errors.New("no hostname") }
+	a, b := o.serverID(), o.serverID()
+	if len(a) != 36 || a == b {
+		t.Errorf("uuid fallback: %q, %q (want two different UUIDs)", a, b)
+	}
+}
+
+// clientTLS builds a client config by hand (not through the code under test).
+func clientTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	pemCA, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemCA)
+	cfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	if certFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg
+}
+
+// handshake runs one TLS handshake over loopback and returns the first error
+// of either side.
+func handshake(t *testing.T, server, client *tls.Config) error {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serverErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			serverErr <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		serverErr <- c.(*tls.Conn).Handshake()
+	}()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), client)
+	if err == nil {
+		// With TLS 1.3 the client finishes before the server has checked the
+		// client certificate; a read surfaces the server's verdict.
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			err = nil
+		}
+		c.Close()
+	}
+	if sErr := <-serverErr; sErr != nil {
+		return sErr
+	}
+	return err
+}
+
+// writeCerts writes a self-signed CA and a certificate it signed for
+// 127.0.0.1, and returns the three file names.
+func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "edge-tunnel-server"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("ca.pem", "CERTIFICATE", caDER), write("cert.pem", "CERTIFICATE", leafDER), write("key.pem", "PRIVATE KEY", keyDER)
+}
