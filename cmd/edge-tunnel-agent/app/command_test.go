@@ -1,0 +1,185 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	logsapi "k8s.io/component-base/logs/api/v1"
+
+	serveroptions "github.com/edge-tunnel/edge-tunnel/cmd/edge-tunnel-server/app/options"
+	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
+	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+)
+
+func init() {
+	// Every command run in this test binary applies the same logging
+	// configuration; a real process applies it once.
+	logsapi.ReapplyHandling = logsapi.ReapplyHandlingIgnoreUnchanged
+}
+
+// TestAgentConnectsToServer runs both real commands from flags and
+// environment, as a manifest would, and waits until the agent reports that
+// it is connected; then stops both as SIGTERM would.
+func TestAgentConnectsToServer(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvPair, err := ca.Issue("edge-tunnel-server", []string{"127.0.0.1"}, pki.UsageServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentPair, err := ca.Issue("edge-1", nil, pki.UsageClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteFiles(dir, ca, map[string]pki.Pair{"server": srvPair, "agent": agentPair}); err != nil {
+		t.Fatal(err)
+	}
+	file := func(name string) string { return filepath.Join(dir, name) }
+	agentPort := strconv.Itoa(freePort(t))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The server runs in-process from its own flags; only the agent runs as
+	// a cobra command (two cobra commands executing at once race on
+	// pflag.CommandLine, which a real process never has).
+	serverOpts := serveroptions.NewOptions()
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	for _, f := range serverOpts.Flags().FlagSets {
+		fs.AddFlagSet(f)
+	}
+	err = fs.Parse([]string{
+		"--uds-name=" + file("s.sock"), "--server-port=0",
+		"--agent-bind-address=127.0.0.1", "--agent-port=" + agentPort,
+		"--cluster-cert=" + file("server.crt"), "--cluster-key=" + file("server.key"), "--cluster-ca-cert=" + file("ca.crt"),
+		"--health-port=0", "--admin-port=0", "--server-id=test-server",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := serverOpts.Validate(); len(errs) != 0 {
+		t.Fatalf("server flags: %v", errs)
+	}
+	serverCfg, err := serverOpts.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(serverCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv("NODE_NAME", "edge-1")
+	t.Setenv("NODE_IP", "127.0.0.1")
+	health := strconv.Itoa(freePort(t))
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	agent := NewCommand()
+	agent.SetArgs([]string{
+		"--proxy-server-host=127.0.0.1", "--proxy-server-port=" + agentPort,
+		"--ca-cert=" + file("ca.crt"), "--agent-cert=" + file("agent.crt"), "--agent-key=" + file("agent.key"),
+		"--health-bind-address=127.0.0.1", "--health-server-port=" + health, "--admin-server-port=0",
+		"--sync-interval=50ms", "--sync-interval-cap=200ms", "--drain-grace=0s",
+		"--probe-interval=1s", // deprecated and ignored, must not fail
+	})
+
+	serverDone := make(chan error, 1)
+	go func() { serverDone <- srv.Run(ctx) }()
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- agent.ExecuteContext(agentCtx) }()
+
+	var last string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://127.0.0.1:" + health + "/readyz?verbose")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+			last = string(body)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case err := <-agentDone:
+			t.Fatalf("agent ended before it was ready: %v", err)
+		case err := <-serverDone:
+			t.Fatalf("server ended before the agent was ready: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready within 15s; last /readyz: %s", last)
+		}
+	}
+
+	// The agent drains first, as in a rolling update of the DaemonSet.
+	for _, step := range []struct {
+		name string
+		stop func()
+		done chan error
+	}{{"agent", stopAgent, agentDone}, {"server", cancel, serverDone}} {
+		name, done := step.name, step.done
+		step.stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s returned %v after cancel, want nil", name, err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s did not stop within 15s of cancel", name)
+		}
+	}
+}
+
+func TestBadFlagsFailBeforeStarting(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	t.Setenv("NODE_IP", "")
+	cmd := NewCommand()
+	cmd.SetArgs([]string{"--proxy-server-host=tunnel.example.com"})
+	cmd.SetOut(new(bytes.Buffer))
+	err := cmd.Execute()
+	for _, want := range []string{"--ca-cert", "--agent-cert", "NODE_NAME"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to mention %s", err, want)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	cmd := NewCommand()
+	cmd.SetArgs([]string{"--version"})
+	cmd.SetOut(&out)
+	t.Cleanup(func() { cmd.Flags().Set("version", "false") }) // the flag is process-global
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "edge-tunnel-agent v") {
+		t.Errorf("--version printed %q", out.String())
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
