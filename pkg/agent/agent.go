@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"k8s.io/klog/v2"
@@ -189,6 +190,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 	cc, err := grpc.NewClient(a.cfg.ServerAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(a.cfg.TLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		experimental.WithBufferPool(tunnel.GRPCBufferPool),
 		grpc.WithInitialWindowSize(1<<20),
 		grpc.WithInitialConnWindowSize(64<<20),
 		grpc.WithReadBufferSize(64<<10),

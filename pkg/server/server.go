@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/klog/v2"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/health"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -246,6 +248,7 @@ const (
 func frontendServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxPacket),
+		experimental.BufferPool(tunnel.GRPCBufferPool),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(streamWindow * 2),
 		grpc.ReadBufferSize(64 << 10),
@@ -256,6 +259,7 @@ func frontendServerOptions() []grpc.ServerOption {
 func (s *Server) agentServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.cfg.AgentTLS)),
+		experimental.BufferPool(tunnel.GRPCBufferPool),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: 10 * time.Second}),
 		// Agents ping on their own schedule (default 15 s); only a ping
 		// flood is refused.
