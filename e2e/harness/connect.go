@@ -15,8 +15,8 @@ import (
 type ConnectResult struct {
 	// Status is the response status code (0 if no response was read).
 	Status int
-	// Reason is the status line's text and, for a failure, the first line
-	// of the response body: what kube-apiserver would pass on.
+	// Reason is the status line's text (what kube-apiserver passes on) and,
+	// for a failure whose body says more, the body's first line.
 	Reason string
 	// Buffered is how many bytes followed the response head in the same
 	// read; kube-apiserver rejects a tunnel with any.
@@ -44,7 +44,7 @@ func Connect(conn net.Conn, target string) (ConnectResult, error) {
 	res.Reason = resp.Status
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		if line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n"); line != "" {
+		if line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n"); line != "" && !strings.Contains(res.Reason, line) {
 			res.Reason += ": " + line
 		}
 		return res, fmt.Errorf("CONNECT %s: %s", target, res.Reason)
