@@ -1,0 +1,73 @@
+# edge-tunnel build and test entry points. Every target works on a fresh
+# Debian machine with Go at /usr/local/go; hack/*.sh install what they need.
+
+SHELL := /usr/bin/env bash
+# Go may not be on PATH in a fresh shell (CI, sudo); fall back to the
+# standard install location.
+export PATH := $(PATH):/usr/local/go/bin
+
+GO ?= go
+BIN := bin
+
+# Version stamped into the binaries through component-base's version
+# package, which --version and the start-up log line print. Without a v*
+# tag, the version is v0.0.0-<commit>.
+VERSION_PKG := k8s.io/component-base/version
+GIT_COMMIT := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+GIT_VERSION := $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo "v0.0.0-$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)")
+GIT_TREE_STATE := $(shell if git diff --quiet HEAD -- 2>/dev/null; then echo clean; else echo dirty; fi)
+BUILD_DATE := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X $(VERSION_PKG).gitVersion=$(GIT_VERSION) \
+	-X $(VERSION_PKG).gitCommit=$(GIT_COMMIT) \
+	-X $(VERSION_PKG).gitTreeState=$(GIT_TREE_STATE) \
+	-X $(VERSION_PKG).buildDate=$(BUILD_DATE)
+
+COMMANDS := edge-tunnel-server edge-tunnel-agent
+
+# Go files of this repository, without the tool cache.
+GO_FILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*')
+
+.PHONY: all build test proto verify-proto demo bench fmt vet lint clean
+
+all: build
+
+build: $(addprefix $(BIN)/,$(COMMANDS))
+
+# Always rebuilt: go's own cache makes that cheap, and make cannot see the
+# Go dependency graph.
+$(BIN)/%: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+
+.PHONY: FORCE
+FORCE:
+
+test:
+	hack/test.sh
+
+proto:
+	hack/gen-proto.sh
+
+verify-proto:
+	hack/verify-proto.sh
+
+demo:
+	$(GO) run ./e2e/demo
+
+bench:
+	hack/bench.sh
+
+fmt:
+	gofmt -w $(GO_FILES)
+
+vet:
+	$(GO) vet ./...
+
+lint:
+	@unformatted="$$(gofmt -l $(GO_FILES))"; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt would change these files (run 'make fmt'):"; echo "$$unformatted"; exit 1; \
+	fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, in order, and says which step failed:
+# gofmt, go vet, the unit and in-process end-to-end tests (with -race), and
+# the konnectivity-client compatibility module under e2e/konnclient against
+# each client version it pins. Installs missing system tools when root.
+#
+# VERIFY_PROTO=1 also checks that the generated protobuf code is up to date
+# (needs protoc; installed from Debian when missing).
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
+
+step="setup"
+trap 'echo >&2; echo "FAILED: step \"$step\" (hack/test.sh)" >&2' ERR
+begin() {
+  step="$1"
+  echo
+  echo "==> $step"
+}
+
+# apt_install PACKAGE COMMAND: install PACKAGE when COMMAND is missing.
+apt_updated=""
+apt_install() {
+  command -v "$2" >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "warning: $2 not found and not root; install Debian package $1 for the tests that need it" >&2
+    return 0
+  fi
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  echo "installing $1 (for $2)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
+begin "install tools"
+command -v go >/dev/null || { echo "go not found (looked on PATH and in /usr/local/go/bin)" >&2; false; }
+go version
+apt_install iproute2 ip # network namespaces for the end-to-end tests
+if [ "${VERIFY_PROTO:-0}" = 1 ]; then
+  apt_install protobuf-compiler protoc
+fi
+
+begin "gofmt"
+unformatted="$(find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*' -print0 | xargs -0 gofmt -l)"
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change these files (run 'make fmt'):" >&2
+  echo "$unformatted" >&2
+  false
+fi
+
+begin "go vet"
+go vet ./...
+
+if [ "${VERIFY_PROTO:-0}" = 1 ]; then
+  begin "verify generated protobuf code"
+  hack/verify-proto.sh
+fi
+
+begin "go test (race detector)"
+go test -race -count=1 -timeout 20m ./...
+
+if [ -f e2e/konnclient/go.mod ]; then
+  begin "e2e/konnclient (go.mod)"
+  (cd e2e/konnclient && go test -count=1 ./...)
+  if [ -f e2e/konnclient/go.v037.mod ]; then
+    begin "e2e/konnclient (go.v037.mod)"
+    (cd e2e/konnclient && go test -count=1 -modfile=go.v037.mod ./...)
+  fi
+fi
+
+echo
+echo "all checks passed"
