@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -48,7 +49,7 @@ type proxyStream struct {
 
 	mu      sync.Mutex
 	dials   map[int64]context.CancelFunc // pending dials by random
-	conns   map[int64]io.ReadWriteCloser // open connections by connectID
+	conns   map[int64]*feConn // open connections by connectID
 	lastID  int64                        // connectIDs are 1, 2, ... per stream
 	wg      sync.WaitGroup
 	stopped bool
@@ -58,7 +59,7 @@ type proxyStream struct {
 // connection started on the stream is finished before it returns.
 func (p *Proxy) Proxy(stream client.ProxyService_ProxyServer) error {
 	ps := &proxyStream{p: p, stream: stream, ctx: stream.Context(),
-		dials: map[int64]context.CancelFunc{}, conns: map[int64]io.ReadWriteCloser{}}
+		dials: map[int64]context.CancelFunc{}, conns: map[int64]*feConn{}}
 	err := ps.recvLoop()
 	ps.stop()
 	return err
@@ -148,7 +149,7 @@ func (ps *proxyStream) dial(ctx context.Context, cancel context.CancelFunc, r *c
 	if err == nil && !cancelled && !ps.stopped {
 		ps.lastID++
 		id = ps.lastID
-		ps.conns[id] = conn
+		ps.conns[id] = &feConn{ReadWriteCloser: conn}
 	}
 	ps.mu.Unlock()
 
@@ -172,10 +173,20 @@ func (ps *proxyStream) dial(ctx context.Context, cancel context.CancelFunc, r *c
 // pump copies backend bytes to the client as DATA packets, then sends the
 // connection's single CLOSE_RSP.
 func (ps *proxyStream) pump(id int64, conn io.ReadWriteCloser) {
-	tunnel.Copy(&dataWriter{ps: ps, id: id}, conn)
+	_, err := tunnel.Copy(&dataWriter{ps: ps, id: id}, conn)
+	ps.mu.Lock()
+	byClient := ps.conns[id] != nil && ps.conns[id].byClient
+	ps.mu.Unlock()
 	if ps.finish(id) {
+		// A connection that ended abnormally (the agent went away, or it was
+		// closed as stalled) says why, so the client can tell it from a
+		// complete response.
+		var reason string
+		if err != nil && !byClient && !errors.Is(err, tunnel.ErrClosed) {
+			reason = err.Error()
+		}
 		ps.send(&client.Packet{Type: client.PacketType_CLOSE_RSP, Payload: &client.Packet_CloseResponse{
-			CloseResponse: &client.CloseResponse{ConnectID: id}}})
+			CloseResponse: &client.CloseResponse{ConnectID: id, Error: reason}}})
 	}
 }
 
@@ -214,6 +225,9 @@ func (ps *proxyStream) onData(d *client.Data) {
 func (ps *proxyStream) onClose(id int64) {
 	ps.mu.Lock()
 	conn := ps.conns[id]
+	if conn != nil {
+		conn.byClient = true
+	}
 	known := id > 0 && id <= ps.lastID
 	ps.mu.Unlock()
 	if conn != nil {
@@ -234,12 +248,19 @@ func (ps *proxyStream) stop() {
 		cancel()
 	}
 	conns := ps.conns
-	ps.conns = map[int64]io.ReadWriteCloser{}
+	ps.conns = map[int64]*feConn{}
 	ps.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
 	}
 	ps.wg.Wait()
+}
+
+// feConn is a connection of the stream; byClient (guarded by the stream's
+// mu) records that the client asked for the close, so its end is no error.
+type feConn struct {
+	io.ReadWriteCloser
+	byClient bool
 }
 
 func dialResponse(random, connectID int64, errText string) *client.Packet {

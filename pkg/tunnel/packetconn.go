@@ -9,9 +9,12 @@ import (
 )
 
 // DefaultQueueLimit is how many unread bytes a PacketConn holds before the
-// connection counts as stalled. It is large enough to absorb bursts at full
-// speed and small enough that many stalled connections cannot exhaust memory.
-const DefaultQueueLimit = 4 << 20
+// connection counts as stalled. Without per-connection flow control the peer
+// sends as fast as it can, so even a healthy reader that is slower than the
+// target falls behind by a good part of a transfer: the limit must absorb
+// that for ordinary responses (logs, metrics, exec output), while bounding
+// what a reader that stopped can pin in memory.
+const DefaultQueueLimit = 16 << 20
 
 // PacketConn is one tunneled connection multiplexed with others on a shared
 // packet stream: the plain konnectivity protocol, spoken with upstream agents
