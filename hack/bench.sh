@@ -1,29 +1,9 @@
 #!/usr/bin/env bash
-# Runs every Go benchmark of the module once (no unit tests) and prints the
-# results, then the throughput/latency program under hack/bench if one exists.
-# BENCH selects benchmarks (a -bench regexp, default all), BENCHTIME sets
-# -benchtime, PKGS the packages (default ./...).
+# `make bench`: the tunnel benchmarks with ratios against direct TCP measured
+# in the same run (hack/bench). COUNT and BENCHTIME tune the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
   export PATH="$PATH:/usr/local/go/bin"
 fi
-
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-args=(-run '^$' -bench "${BENCH:-.}" -benchmem)
-[ -n "${BENCHTIME:-}" ] && args+=(-benchtime "$BENCHTIME")
-
-echo "==> go test ${args[*]} ${PKGS:-./...}"
-# shellcheck disable=SC2086 # PKGS is a list of package patterns
-go test "${args[@]}" ${PKGS:-./...} | tee "$out"
-
-echo
-echo "==> results"
-if grep -E '^(Benchmark|pkg:)' "$out"; then :; else echo "(no benchmarks found)"; fi
-
-if compgen -G 'hack/bench/*.go' >/dev/null; then
-  echo
-  echo "==> go run ./hack/bench"
-  go run ./hack/bench
-fi
+exec go run ./hack/bench -count "${COUNT:-3}" -benchtime "${BENCHTIME:-5x}"
