@@ -9,7 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
@@ -82,5 +81,3 @@ func (c *meteredConn) Close() error {
 	c.once.Do(c.open.Dec)
 	return c.ReadWriteCloser.Close()
 }
-
-var _ = metrics.NewServer
