@@ -205,10 +205,57 @@ func (sc *serverConn) openConnStream(random int64) (io.ReadWriteCloser, error) {
 		cancel()
 		return nil, err
 	}
-	return &streamConn{StreamConn: tunnel.NewStreamConn(cs, func() {
-		cs.CloseSend()
+	ss := &sendCloser{ConnService_ConnClient: cs}
+	return &streamConn{StreamConn: tunnel.NewStreamConn(ss, func() {
 		time.AfterFunc(closeGrace, cancel)
+		ss.CloseSend()
 	}), cancel: cancel}, nil
+}
+
+// sendCloser keeps CloseSend from running concurrently with Send, which gRPC
+// does not allow (the close of a Splice comes from the copy that ended while
+// the other copy may be in Send). A CloseSend that finds a Send in flight is
+// left to that Send's caller, so Close never waits for a Send that flow
+// control blocks; the cancellation Close schedules (closeGrace later)
+// unblocks such a Send.
+type sendCloser struct {
+	agentpb.ConnService_ConnClient
+	mu      sync.Mutex
+	sending bool
+	closing bool // CloseSend was asked for
+	closed  bool // CloseSend was done
+}
+
+func (s *sendCloser) Send(c *agentpb.Chunk) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return io.ErrClosedPipe
+	}
+	s.sending = true
+	s.mu.Unlock()
+	err := s.ConnService_ConnClient.Send(c)
+	s.mu.Lock()
+	s.sending = false
+	late := s.closing && !s.closed
+	s.closed = s.closed || late
+	s.mu.Unlock()
+	if late {
+		s.ConnService_ConnClient.CloseSend()
+	}
+	return err
+}
+
+func (s *sendCloser) CloseSend() error {
+	s.mu.Lock()
+	s.closing = true
+	now := !s.sending && !s.closed
+	s.closed = s.closed || now
+	s.mu.Unlock()
+	if now {
+		return s.ConnService_ConnClient.CloseSend()
+	}
+	return nil
 }
 
 // streamConn releases the stream's context once the reader saw its end.

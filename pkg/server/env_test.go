@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	konn "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/client"
@@ -34,6 +35,7 @@ type env struct {
 type envOptions struct {
 	connStreams bool // server side
 	directDial  bool
+	registry    *prometheus.Registry // server metrics; nil means a private registry
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -70,6 +72,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: srvTLS, ServerID: "s1", ServerCount: 1,
 		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: o.directDial, ConnStreams: o.connStreams,
+		Registry: o.registry,
 	})
 	if err != nil {
 		t.Fatal(err)
