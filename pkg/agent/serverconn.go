@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -114,7 +115,7 @@ func (sc *serverConn) dialResponse(random, id int64, errText string) {
 func (sc *serverConn) onDial(r *client.DialRequest) {
 	if r.Protocol != "tcp" {
 		sc.a.m.Dials.WithLabelValues("refused").Inc()
-		sc.dialResponse(r.Random, 0, "protocol "+r.Protocol+" is not supported; only tcp is")
+		sc.dialResponse(r.Random, 0, fmt.Sprintf("protocol %q is not supported; only \"tcp\" is", r.Protocol))
 		return
 	}
 	ctx, cancel := context.WithTimeout(sc.a.connCtx, sc.a.cfg.DialTimeout)

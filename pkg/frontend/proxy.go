@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -49,7 +50,7 @@ type proxyStream struct {
 
 	mu      sync.Mutex
 	dials   map[int64]context.CancelFunc // pending dials by random
-	conns   map[int64]*feConn // open connections by connectID
+	conns   map[int64]*feConn            // open connections by connectID
 	lastID  int64                        // connectIDs are 1, 2, ... per stream
 	wg      sync.WaitGroup
 	stopped bool
@@ -118,7 +119,7 @@ func (ps *proxyStream) onDial(r *client.DialRequest) {
 		ps.send(dialResponse(r.Random, 0, msg))
 	}
 	if r.Protocol != "tcp" {
-		fail("edge-tunnel-server: protocol " + r.Protocol + " is not supported; only tcp is")
+		fail(fmt.Sprintf("edge-tunnel-server: protocol %q is not supported; only \"tcp\" is", r.Protocol))
 		return
 	}
 	ctx, cancel := context.WithTimeout(ps.ctx, ps.p.dialTimeout)
