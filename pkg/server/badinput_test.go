@@ -3,8 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
+	"encoding/binary"
 	"io"
 	"net"
 	"runtime"
@@ -178,7 +178,7 @@ func TestFrontendBadInput(t *testing.T) {
 			random := int64(100 + i)
 			p.send(t, dialReq(random, proto, target))
 			rsp := p.dialRsp(t, random)
-			if rsp.ConnectID != 0 || !strings.Contains(rsp.Error, "protocol "+proto) || !strings.Contains(rsp.Error, "tcp") {
+			if rsp.ConnectID != 0 || !strings.Contains(rsp.Error, fmt.Sprintf("protocol %q", proto)) || !strings.Contains(rsp.Error, "tcp") {
 				t.Fatalf("protocol %q: got %+v, want an error naming the protocol and tcp", proto, rsp)
 			}
 		}
