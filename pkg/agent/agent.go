@@ -191,6 +191,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		grpc.WithTransportCredentials(credentials.NewTLS(a.cfg.TLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		experimental.WithBufferPool(tunnel.GRPCBufferPool),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(tunnel.Codec)),
 		grpc.WithInitialWindowSize(1<<20),
 		grpc.WithInitialConnWindowSize(64<<20),
 		grpc.WithReadBufferSize(64<<10),

@@ -248,6 +248,7 @@ const (
 func frontendServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxPacket),
+		grpc.ForceServerCodecV2(tunnel.Codec),
 		experimental.BufferPool(tunnel.GRPCBufferPool),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(streamWindow * 2),
@@ -259,6 +260,7 @@ func frontendServerOptions() []grpc.ServerOption {
 func (s *Server) agentServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.cfg.AgentTLS)),
+		grpc.ForceServerCodecV2(tunnel.Codec),
 		experimental.BufferPool(tunnel.GRPCBufferPool),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: 10 * time.Second}),
 		// Agents ping on their own schedule (default 15 s); only a ping

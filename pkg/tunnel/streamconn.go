@@ -23,9 +23,9 @@ type StreamConn struct {
 	closeFn func()
 	once    sync.Once
 
-	// Read side, used by one goroutine at a time.
-	rmsg agentpb.Chunk
-	rbuf []byte
+	// Read side, used by one goroutine at a time. With Codec installed the
+	// received payload stays in gRPC's buffers until read.
+	rbufs chunkBufs
 	// Write side, used by one goroutine at a time; reused so a Write does
 	// not allocate a message per chunk (Send marshals synchronously).
 	wmsg agentpb.Chunk
@@ -40,19 +40,12 @@ func NewStreamConn(s ChunkStream, closeFn func()) *StreamConn {
 
 // Read returns bytes of the connection; io.EOF once the peer ended the stream.
 func (c *StreamConn) Read(p []byte) (int, error) {
-	for len(c.rbuf) == 0 {
-		c.rmsg.Data = nil
-		if err := c.s.RecvMsg(&c.rmsg); err != nil {
-			if err == io.EOF {
-				return 0, io.EOF
-			}
-			return 0, err
+	for c.rbufs.left == 0 {
+		if err := c.s.RecvMsg(&c.rbufs); err != nil {
+			return 0, err // io.EOF when the peer ended the stream
 		}
-		c.rbuf = c.rmsg.Data
 	}
-	n := copy(p, c.rbuf)
-	c.rbuf = c.rbuf[n:]
-	return n, nil
+	return c.rbufs.read(p), nil
 }
 
 // Write sends p in chunks of at most ChunkSize. p is not retained.
