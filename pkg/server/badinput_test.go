@@ -3,8 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
