@@ -61,17 +61,30 @@ if [ "${VERIFY_PROTO:-0}" = 1 ]; then
   hack/verify-proto.sh
 fi
 
-begin "go test (race detector)"
-go test -race -count=1 -timeout 20m ./...
-
+# The konnectivity-client module has no tests of its own: the e2e tests run
+# it under both client versions. Here it must build and vet cleanly.
 if [ -f e2e/konnclient/go.mod ]; then
-  begin "e2e/konnclient (go.mod)"
-  (cd e2e/konnclient && go test -count=1 ./...)
+  begin "e2e/konnclient vet (go.mod)"
+  (cd e2e/konnclient && go vet ./...)
   if [ -f e2e/konnclient/go.v037.mod ]; then
-    begin "e2e/konnclient (go.v037.mod)"
-    (cd e2e/konnclient && go test -count=1 -modfile=go.v037.mod ./...)
+    begin "e2e/konnclient vet (go.v037.mod)"
+    (cd e2e/konnclient && go vet -modfile=go.v037.mod ./...)
   fi
 fi
 
-echo
-echo "all checks passed"
+begin "go test (race detector)"
+# -v output goes to a log; the console gets the package lines, any failure
+# with its context, and a closing count of passed and failed tests.
+log="$(mktemp)"
+status=0
+go test -race -count=1 -timeout 20m -v ./... >"$log" 2>&1 || status=$?
+grep -E '^(ok|FAIL|---|panic:|\?)|DATA RACE' "$log" | grep -vE '^\s*--- PASS' || true
+passed=$(grep -cE '^\s*--- PASS' "$log" || true)
+failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
+if [ "$status" != 0 ]; then
+  echo
+  echo "tests: ${passed} passed, ${failed} failed"
+  echo "go test failed (exit $status); full log: $log. Failing tests with context:" >&2
+  grep -nE -B2 -A30 '^\s*--- FAIL|^panic:|DATA RACE' "$log" | head -400 >&2 || tail -100 "$log" >&2
+fi
+[ "$status" = 0 ]

@@ -29,13 +29,16 @@ type env struct {
 	srv      *server.Server
 	clientTL *tls.Config // frontend client (kube-apiserver) TLS
 	agentTLS *tls.Config
+	srvTLS   *tls.Config
 	agentAdr string
+	opts     envOptions
 }
 
 type envOptions struct {
 	connStreams bool // server side
 	directDial  bool
 	registry    *prometheus.Registry // server metrics; nil means a private registry
+	serverCount int                  // announced to agents; 0 means 1
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -61,18 +64,34 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, uds: filepath.Join(dir, "s.sock")}
+	e := &env{dir: dir, srvTLS: srvTLS, opts: o}
 	if e.clientTL, err = tlsutil.ClientConfig(f("ca.crt"), f("frontend-client.crt"), f("frontend-client.key"), "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
 	if e.agentTLS, err = tlsutil.ClientConfig(f("ca.crt"), f("agent.crt"), f("agent.key"), "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
+	e.startServer(t, "s1", o.registry)
+	return e
+}
+
+// replica starts another server with the same certificates and options, as
+// one more replica of a Deployment.
+func (e *env) replica(t testing.TB, id string) *env {
+	r := *e
+	r.startServer(t, id, nil)
+	return &r
+}
+
+func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
+	t.Helper()
+	e.uds = filepath.Join(e.dir, id+".sock")
+	var err error
 	e.srv, err = server.New(server.Config{
-		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: srvTLS,
-		AgentAddr: "127.0.0.1:0", AgentTLS: srvTLS, ServerID: "s1", ServerCount: 1,
-		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: o.directDial, ConnStreams: o.connStreams,
-		Registry: o.registry,
+		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: e.srvTLS,
+		AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS, ServerID: id, ServerCount: max(1, e.opts.serverCount),
+		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: e.opts.directDial, ConnStreams: e.opts.connStreams,
+		Registry: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +99,6 @@ func newEnv(t testing.TB, o envOptions) *env {
 	runUntilCleanup(t, e.srv.Run)
 	waitFor(t, "server listeners", e.srv.Ready)
 	e.agentAdr = e.srv.Addr("agent").String()
-	return e
 }
 
 // addAgent starts an agent for node name with the given addresses and waits
