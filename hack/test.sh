@@ -88,3 +88,7 @@ if [ "$status" != 0 ]; then
   grep -nE -B2 -A30 '^\s*--- FAIL|^panic:|DATA RACE' "$log" | head -400 >&2 || tail -100 "$log" >&2
 fi
 [ "$status" = 0 ]
+
+echo
+echo "all checks passed"
+echo "tests: ${passed} passed, ${failed} failed"

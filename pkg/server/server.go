@@ -194,10 +194,10 @@ func (s *Server) Run(ctx context.Context) error {
 		httpServers = append(httpServers, hs)
 		goServe(func() { hs.Serve(adminLn) })
 	}
-	s.ready.Store(true)
 	s.log.Info("edge-tunnel-server is serving", "uds", s.cfg.UDSName, "frontend", s.cfg.FrontendAddr,
 		"agentPort", agentLn.Addr().String(), "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
 		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams)
+	s.ready.Store(true)
 
 	<-ctx.Done()
 	s.ready.Store(false)

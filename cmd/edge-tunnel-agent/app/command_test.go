@@ -97,6 +97,13 @@ func TestAgentConnectsToServer(t *testing.T) {
 
 	serverDone := make(chan error, 1)
 	go func() { serverDone <- srv.Run(ctx) }()
+	// The agent command configures klog, which is process-wide: start it
+	// only once the in-process server has logged its start.
+	for start := time.Now(); !srv.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("server not ready within 10 s")
+		}
+	}
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- agent.ExecuteContext(agentCtx) }()
 
