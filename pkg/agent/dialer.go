@@ -16,23 +16,25 @@ import (
 // widened it to. Without that check any client of any server could use the
 // agent to reach the whole edge LAN.
 type dialer struct {
-	allowed  []netip.Prefix
-	hosts    map[string]bool // normalized host names of this node
-	selfAddr string          // what a dial by node name reaches
-	any      bool            // identifiers say default-route: the agent serves everything
-	net      net.Dialer
+	allowed []netip.Prefix
+	hosts   map[string]string // normalized host names of this node -> the address they mean
+	any     bool              // identifiers say default-route: the agent serves everything
+	net     net.Dialer
 }
 
 func newDialer(ids identity.Identifiers, extra []*net.IPNet) *dialer {
-	d := &dialer{hosts: map[string]bool{"localhost": true}, any: ids.DefaultRoute, selfAddr: "127.0.0.1"}
+	d := &dialer{hosts: map[string]string{}, any: ids.DefaultRoute}
 	d.allowed = append(d.allowed, netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"))
 	for _, a := range ids.Addrs() {
 		d.allowed = append(d.allowed, netip.PrefixFrom(a, a.BitLen()))
 	}
+	// A dial by node name reaches the node's first address (kubelet and
+	// most node services listen on all of them), or loopback if it has none.
+	self := "127.0.0.1"
 	if v4 := ids.IPv4; len(v4) > 0 {
-		d.selfAddr = v4[0].String()
+		self = v4[0].String()
 	} else if v6 := ids.IPv6; len(v6) > 0 {
-		d.selfAddr = v6[0].String()
+		self = v6[0].String()
 	}
 	d.allowed = append(d.allowed, ids.CIDRs...)
 	for _, n := range extra {
@@ -41,8 +43,9 @@ func newDialer(ids identity.Identifiers, extra []*net.IPNet) *dialer {
 		}
 	}
 	for _, h := range ids.Hosts {
-		d.hosts[identity.NormalizeHost(h)] = true
+		d.hosts[identity.NormalizeHost(h)] = self
 	}
+	d.hosts["localhost"] = "127.0.0.1"
 	return d
 }
 
@@ -60,8 +63,8 @@ func (d *dialer) resolve(address string) (string, error) {
 		}
 		return "", fmt.Errorf("refusing to dial %s: %s is not an address of this node (allowed: %s; widen with --allowed-cidrs)", address, ip, d.allowedText())
 	}
-	if d.hosts[key] {
-		return net.JoinHostPort(d.selfAddr, port), nil
+	if addr, ok := d.hosts[key]; ok {
+		return net.JoinHostPort(addr, port), nil
 	}
 	if d.any {
 		return address, nil

@@ -1,0 +1,72 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+)
+
+// TestDrainMovesNewDialsToOtherAgents: an agent that is stopping sends DRAIN;
+// the server then gives new dials for its node to another agent of the same
+// node (as during a DaemonSet rolling update), while connections already
+// open through the draining agent keep working for the grace period.
+func TestDrainMovesNewDialsToOtherAgents(t *testing.T) {
+	e := newEnv(t, envOptions{connStreams: true})
+	ids, err := identity.Parse("host=node-a&ipv4=127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(id string) context.CancelFunc {
+		a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: id, Identifiers: ids,
+			SyncInterval: 100 * time.Millisecond, DrainGrace: 5 * time.Second, ConnStreams: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { a.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return cancel
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	// servedBy dials a refused port by node name; the error names the agent
+	// that tried.
+	servedBy := func() string {
+		_, err := e.dialGRPC(context.Background(), net.JoinHostPort("node-a", strconv.Itoa(refused)))
+		if err == nil {
+			t.Fatal("dial of a closed port succeeded")
+		}
+		for _, id := range []string{"node-a-old", "node-a-new"} {
+			if strings.Contains(err.Error(), id) {
+				return id
+			}
+		}
+		return err.Error()
+	}
+
+	start("node-a-old")
+	waitFor(t, "old agent serving node-a", func() bool { return servedBy() == "node-a-old" })
+	stopNew := start("node-a-new")
+	waitFor(t, "newest agent preferred", func() bool { return servedBy() == "node-a-new" })
+
+	// A connection through the new agent, open while it drains.
+	target := echoServer(t)
+	open, err := e.dialGRPC(context.Background(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	echoRoundTrip(t, open, 100)
+
+	stopNew() // SIGTERM: DRAIN, then up to 5 s for open connections
+	waitFor(t, "new dials moved to the other agent", func() bool { return servedBy() == "node-a-old" })
+	echoRoundTrip(t, open, 100) // still carried by the draining agent
+}
