@@ -148,7 +148,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs = fss.FlagSet("health and admin")
 	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
-	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof and the effective configuration).")
+	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof under /debug/pprof/).")
 	fs.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "Port of the admin endpoint. 0 disables it.")
 	fs.BoolVar(&o.deprecated.enableProfiling, "enable-profiling", false, "")
 	fs.MarkDeprecated("enable-profiling", "ignored: pprof is always served on --admin-bind-address:--admin-port (loopback by default); set --admin-port=0 to turn it off.")
