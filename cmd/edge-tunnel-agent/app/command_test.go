@@ -1,22 +1,18 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
 	serveroptions "github.com/edge-tunnel/edge-tunnel/cmd/edge-tunnel-server/app/options"
-	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
+	"github.com/edge-tunnel/edge-tunnel/internal/cli/clitest"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 )
 
@@ -30,24 +26,8 @@ func init() {
 // environment, as a manifest would, and waits until the agent reports that
 // it is connected; then stops both as SIGTERM would.
 func TestAgentConnectsToServer(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvPair, err := ca.Issue("edge-tunnel-server", []string{"127.0.0.1"}, pki.UsageServer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentPair, err := ca.Issue("edge-1", nil, pki.UsageClient)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pki.WriteFiles(dir, ca, map[string]pki.Pair{"server": srvPair, "agent": agentPair}); err != nil {
-		t.Fatal(err)
-	}
-	file := func(name string) string { return filepath.Join(dir, name) }
-	agentPort := strconv.Itoa(freePort(t))
+	pki := clitest.WritePKI(t, "server", "agent")
+	agentPort := strconv.Itoa(clitest.FreePort(t))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -56,19 +36,12 @@ func TestAgentConnectsToServer(t *testing.T) {
 	// a cobra command (two cobra commands executing at once race on
 	// pflag.CommandLine, which a real process never has).
 	serverOpts := serveroptions.NewOptions()
-	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-	for _, f := range serverOpts.Flags().FlagSets {
-		fs.AddFlagSet(f)
-	}
-	err = fs.Parse([]string{
-		"--uds-name=" + file("s.sock"), "--server-port=0",
-		"--agent-bind-address=127.0.0.1", "--agent-port=" + agentPort,
-		"--cluster-cert=" + file("server.crt"), "--cluster-key=" + file("server.key"), "--cluster-ca-cert=" + file("ca.crt"),
+	clitest.ParseFlags(t, serverOpts.Flags(),
+		"--uds-name="+pki.Path("s.sock"), "--server-port=0",
+		"--agent-bind-address=127.0.0.1", "--agent-port="+agentPort,
+		"--cluster-cert="+pki.Cert("server"), "--cluster-key="+pki.Key("server"), "--cluster-ca-cert="+pki.CA(),
 		"--health-port=0", "--admin-port=0", "--server-id=test-server",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	)
 	if errs := serverOpts.Validate(); len(errs) != 0 {
 		t.Fatalf("server flags: %v", errs)
 	}
@@ -83,13 +56,13 @@ func TestAgentConnectsToServer(t *testing.T) {
 
 	t.Setenv("NODE_NAME", "edge-1")
 	t.Setenv("NODE_IP", "127.0.0.1")
-	health := strconv.Itoa(freePort(t))
+	health := strconv.Itoa(clitest.FreePort(t))
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
 	agent := NewCommand()
 	agent.SetArgs([]string{
 		"--proxy-server-host=127.0.0.1", "--proxy-server-port=" + agentPort,
-		"--ca-cert=" + file("ca.crt"), "--agent-cert=" + file("agent.crt"), "--agent-key=" + file("agent.key"),
+		"--ca-cert=" + pki.CA(), "--agent-cert=" + pki.Cert("agent"), "--agent-key=" + pki.Key("agent"),
 		"--health-bind-address=127.0.0.1", "--health-server-port=" + health, "--admin-server-port=0",
 		"--sync-interval=50ms", "--sync-interval-cap=200ms", "--drain-grace=0s",
 		"--probe-interval=1s", // deprecated and ignored, must not fail
@@ -155,10 +128,7 @@ func TestAgentConnectsToServer(t *testing.T) {
 func TestBadFlagsFailBeforeStarting(t *testing.T) {
 	t.Setenv("NODE_NAME", "")
 	t.Setenv("NODE_IP", "")
-	cmd := NewCommand()
-	cmd.SetArgs([]string{"--proxy-server-host=tunnel.example.com"})
-	cmd.SetOut(new(bytes.Buffer))
-	err := cmd.Execute()
+	_, err := clitest.Execute(t, NewCommand(), "--proxy-server-host=tunnel.example.com")
 	for _, want := range []string{"--ca-cert", "--agent-cert", "NODE_NAME"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v, want it to mention %s", err, want)
@@ -167,26 +137,8 @@ func TestBadFlagsFailBeforeStarting(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	var out bytes.Buffer
-	cmd := NewCommand()
-	cmd.SetArgs([]string{"--version"})
-	cmd.SetOut(&out)
-	t.Cleanup(func() { cmd.Flags().Set("version", "false") }) // the flag is process-global
-	if err := cmd.Execute(); err != nil {
-		t.Fatal(err)
+	out, err := clitest.Execute(t, NewCommand(), "--version")
+	if err != nil || !strings.HasPrefix(out, "edge-tunnel-agent v") {
+		t.Errorf("--version printed %q, err %v", out, err)
 	}
-	if !strings.HasPrefix(out.String(), "edge-tunnel-agent v") {
-		t.Errorf("--version printed %q", out.String())
-	}
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

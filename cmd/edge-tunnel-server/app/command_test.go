@@ -1,12 +1,9 @@
 package app
 
 import (
-	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,7 +11,7 @@ import (
 
 	logsapi "k8s.io/component-base/logs/api/v1"
 
-	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
+	"github.com/edge-tunnel/edge-tunnel/internal/cli/clitest"
 )
 
 func init() {
@@ -27,25 +24,13 @@ func init() {
 // and the health port answer, then cancels it as SIGTERM would and expects a
 // clean return.
 func TestRunAndStop(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ca.Issue("edge-tunnel-server", []string{"127.0.0.1"}, pki.UsageServer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pki.WriteFiles(dir, ca, map[string]pki.Pair{"server": srv}); err != nil {
-		t.Fatal(err)
-	}
-	uds := filepath.Join(dir, "s.sock")
-	health := freePort(t)
+	pki := clitest.WritePKI(t, "server")
+	uds := pki.Path("s.sock")
+	health := clitest.FreePort(t)
 	args := []string{
 		"--uds-name=" + uds, "--server-port=0",
-		"--agent-bind-address=127.0.0.1", "--agent-port=" + strconv.Itoa(freePort(t)),
-		"--cluster-cert=" + filepath.Join(dir, "server.crt"), "--cluster-key=" + filepath.Join(dir, "server.key"),
-		"--cluster-ca-cert=" + filepath.Join(dir, "ca.crt"),
+		"--agent-bind-address=127.0.0.1", "--agent-port=" + strconv.Itoa(clitest.FreePort(t)),
+		"--cluster-cert=" + pki.Cert("server"), "--cluster-key=" + pki.Key("server"), "--cluster-ca-cert=" + pki.CA(),
 		"--health-bind-address=127.0.0.1", "--health-port=" + strconv.Itoa(health), "--admin-port=0",
 		"--mode=grpc", // deprecated and ignored, must not fail
 	}
@@ -81,60 +66,33 @@ func TestRunAndStop(t *testing.T) {
 }
 
 func TestBadFlagsFailBeforeStarting(t *testing.T) {
-	cmd := NewCommand()
-	cmd.SetArgs([]string{"--server-port=0"})
-	cmd.SetOut(new(bytes.Buffer))
-	cmd.SetErr(new(bytes.Buffer))
-	err := cmd.Execute()
+	_, err := clitest.Execute(t, NewCommand(), "--server-port=0")
 	if err == nil || !strings.Contains(err.Error(), "--uds-name") || !strings.Contains(err.Error(), "--cluster-cert") {
 		t.Fatalf("err = %v, want it to name --uds-name and --cluster-cert", err)
 	}
-	cmd = NewCommand()
-	cmd.SetArgs([]string{"uds-name=/tmp/s"})
-	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+	if _, err := clitest.Execute(t, NewCommand(), "uds-name=/tmp/s"); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
 		t.Fatalf("positional argument: err = %v", err)
 	}
 }
 
 func TestVersionAndHelp(t *testing.T) {
-	var out bytes.Buffer
-	cmd := NewCommand()
-	cmd.SetArgs([]string{"--version"})
-	cmd.SetOut(&out)
-	t.Cleanup(func() { cmd.Flags().Set("version", "false") }) // the flag is process-global
-	if err := cmd.Execute(); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(out.String(), "edge-tunnel-server v") {
-		t.Errorf("--version printed %q", out.String())
+	out, err := clitest.Execute(t, NewCommand(), "--version")
+	if err != nil || !strings.HasPrefix(out, "edge-tunnel-server v") {
+		t.Errorf("--version printed %q, err %v", out, err)
 	}
 
-	out.Reset()
-	cmd = NewCommand()
-	cmd.SetArgs([]string{"--help"})
-	cmd.SetOut(&out)
-	if err := cmd.Execute(); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"Frontend flags:", "Agent connections flags:", "Logging flags:", "--uds-name", "--logging-format", "-v, --v"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("--help lacks %q", want)
-		}
-	}
-	if strings.Contains(out.String(), "--proxy-strategies") {
-		t.Errorf("--help shows the deprecated --proxy-strategies")
-	}
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	out, err = clitest.Execute(t, NewCommand(), "--help")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for _, want := range []string{"Frontend flags:", "Agent connections flags:", "Logging flags:", "--uds-name", "--logging-format", "-v, --v"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "--proxy-strategies") {
+		t.Errorf("--help shows the deprecated --proxy-strategies")
+	}
 }
 
 // waitFor polls cond for up to 10s, failing early if the command ended.

@@ -21,6 +21,7 @@ import (
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
+	"github.com/edge-tunnel/edge-tunnel/internal/cli"
 	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
@@ -76,13 +77,9 @@ type Options struct {
 
 // deprecatedFlags only exist so that parsing does not fail; nothing reads them.
 type deprecatedFlags struct {
-	probeInterval             time.Duration
-	syncForever               bool
-	serviceAccountTokenPath   string
-	enableProfiling           bool
-	enableContentionProfiling bool
-	logToStderr               bool
-	alsoLogToStderr           bool
+	probeInterval           time.Duration
+	syncForever             bool
+	serviceAccountTokenPath string
 }
 
 // NewOptions returns the defaults.
@@ -139,17 +136,9 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.IntVar(&o.HealthServerPort, "health-server-port", o.HealthServerPort, "Port of the health endpoint. 0 disables it.")
 	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof).")
 	fs.IntVar(&o.AdminServerPort, "admin-server-port", o.AdminServerPort, "Port of the admin endpoint. 0 disables it.")
-	fs.BoolVar(&o.deprecated.enableProfiling, "enable-profiling", false, "")
-	fs.MarkDeprecated("enable-profiling", "ignored: pprof is always served on --admin-bind-address:--admin-server-port (loopback by default); set --admin-server-port=0 to turn it off.")
-	fs.BoolVar(&o.deprecated.enableContentionProfiling, "enable-contention-profiling", false, "")
-	fs.MarkDeprecated("enable-contention-profiling", "ignored: the admin endpoint serves the standard pprof profiles; block and mutex profiling are not switched on.")
+	cli.AddDeprecatedProfilingFlags(fs, "admin-server-port")
 
-	fs = fss.FlagSet("logging")
-	logsapi.AddFlags(o.Logging, fs)
-	fs.BoolVar(&o.deprecated.logToStderr, "logtostderr", true, "")
-	fs.MarkDeprecated("logtostderr", "ignored: edge-tunnel always logs to stderr.")
-	fs.BoolVar(&o.deprecated.alsoLogToStderr, "alsologtostderr", false, "")
-	fs.MarkDeprecated("alsologtostderr", "ignored: edge-tunnel always logs to stderr.")
+	cli.AddLoggingFlags(fss.FlagSet("logging"), o.Logging)
 
 	return fss
 }
@@ -175,12 +164,12 @@ func (o *Options) Validate() []error {
 	if o.AgentCert == "" || o.AgentKey == "" {
 		add("--agent-cert and --agent-key are required: the server authenticates agents by client certificate (mutual TLS)")
 	}
-	for _, p := range []struct {
-		flag string
-		port int
-	}{{"--health-server-port", o.HealthServerPort}, {"--admin-server-port", o.AdminServerPort}} {
-		if p.port < 0 || p.port > 65535 {
-			add("%s=%d: not a port; give 1..65535, or 0 to disable it", p.flag, p.port)
+	for _, err := range []error{
+		cli.CheckPort("--health-server-port", o.HealthServerPort, true),
+		cli.CheckPort("--admin-server-port", o.AdminServerPort, true),
+	} {
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, d := range []struct {
@@ -244,8 +233,8 @@ func (o *Options) Config() (agent.Config, error) {
 		AgentID:         id,
 		Identifiers:     ids,
 		AllowedCIDRs:    cidrs,
-		HealthAddr:      joinHostPort(o.HealthBindAddress, o.HealthServerPort),
-		AdminAddr:       joinHostPort(o.AdminBindAddress, o.AdminServerPort),
+		HealthAddr:      cli.JoinHostPort(o.HealthBindAddress, o.HealthServerPort),
+		AdminAddr:       cli.JoinHostPort(o.AdminBindAddress, o.AdminServerPort),
 		SyncInterval:    o.SyncInterval,
 		SyncIntervalCap: o.SyncIntervalCap,
 		KeepaliveTime:   o.KeepaliveTime,
@@ -345,12 +334,4 @@ func (o *Options) allowedCIDRs() ([]*net.IPNet, error) {
 		nets = append(nets, n)
 	}
 	return nets, nil
-}
-
-// joinHostPort gives host:port, or "" when port is 0 (disabled).
-func joinHostPort(host string, port int) string {
-	if port == 0 {
-		return ""
-	}
-	return net.JoinHostPort(host, strconv.Itoa(port))
 }

@@ -1,27 +1,14 @@
 package options
 
 import (
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"io"
-	"math/big"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
+	"github.com/edge-tunnel/edge-tunnel/internal/cli/clitest"
 )
 
 // parse builds the options from a command line and an environment the way
@@ -31,17 +18,7 @@ func parse(t *testing.T, env map[string]string, args ...string) (*Options, strin
 	o := NewOptions()
 	o.getenv = func(k string) string { return env[k] }
 	o.hostname = func() (string, error) { return "edge-host", nil }
-	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	var out bytes.Buffer
-	fs.SetOutput(&out)
-	fss := o.Flags()
-	for _, name := range fss.Order {
-		fs.AddFlagSet(fss.FlagSets[name])
-	}
-	if err := fs.Parse(args); err != nil {
-		t.Fatalf("parse %q: %v", args, err)
-	}
-	return o, out.String()
+	return o, clitest.ParseFlags(t, o.Flags(), args...)
 }
 
 func TestDefaults(t *testing.T) {
@@ -117,15 +94,7 @@ func TestValidate(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			o, _ := parse(t, tc.env, tc.args...)
-			errs := o.Validate()
-			if len(errs) != len(tc.want) {
-				t.Fatalf("got %d errors, want %d: %v", len(errs), len(tc.want), errors.Join(errs...))
-			}
-			for i, want := range tc.want {
-				if !strings.Contains(errs[i].Error(), want) {
-					t.Errorf("error %d = %q, want it to contain %q", i, errs[i], want)
-				}
-			}
+			clitest.WantErrors(t, o.Validate(), tc.want)
 		})
 	}
 }
@@ -183,8 +152,8 @@ func TestAgentID(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	dir := t.TempDir()
-	ca, cert, key := writeCerts(t, dir)
+	p := clitest.WritePKI(t, "leaf")
+	ca, cert, key := p.CA(), p.Cert("leaf"), p.Key("leaf")
 	env := map[string]string{"NODE_NAME": "edge-1", "NODE_IP": "10.0.0.5"}
 	o, _ := parse(t, env,
 		"--proxy-server-host=127.0.0.1", "--proxy-server-port=9443",
@@ -229,8 +198,8 @@ func TestConfig(t *testing.T) {
 
 	// The client config presents the agent certificate and verifies the
 	// server against --ca-cert under the name --proxy-server-host.
-	srv := serverTLS(t, ca, cert, key)
-	if err := handshake(t, srv, cfg.TLS); err != nil {
+	srv := clitest.ServerTLS(t, ca, cert, key)
+	if err := clitest.Handshake(t, srv, cfg.TLS); err != nil {
 		t.Errorf("handshake with the server failed: %v", err)
 	}
 
@@ -241,14 +210,14 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Config: %v", err)
 	}
-	if err := handshake(t, srv, cfg.TLS); err == nil {
+	if err := clitest.Handshake(t, srv, cfg.TLS); err == nil {
 		t.Errorf("handshake succeeded although the server certificate does not carry --server-name")
 	}
 }
 
 func TestConfigIPv6Server(t *testing.T) {
-	dir := t.TempDir()
-	ca, cert, key := writeCerts(t, dir)
+	p := clitest.WritePKI(t, "leaf")
+	ca, cert, key := p.CA(), p.Cert("leaf"), p.Key("leaf")
 	o, _ := parse(t, map[string]string{"NODE_NAME": "edge-1"},
 		"--proxy-server-host=[fd00::1]", "--ca-cert="+ca, "--agent-cert="+cert, "--agent-key="+key)
 	cfg, err := o.Config()
@@ -261,112 +230,10 @@ func TestConfigIPv6Server(t *testing.T) {
 }
 
 func TestConfigNamesFlagsOfUnreadableFiles(t *testing.T) {
-	dir := t.TempDir()
-	_, cert, key := writeCerts(t, dir)
+	p := clitest.WritePKI(t, "leaf")
 	o, _ := parse(t, map[string]string{"NODE_NAME": "edge-1"},
-		"--proxy-server-host=h", "--ca-cert="+filepath.Join(dir, "missing.pem"), "--agent-cert="+cert, "--agent-key="+key)
+		"--proxy-server-host=h", "--ca-cert="+p.Path("missing.pem"), "--agent-cert="+p.Cert("leaf"), "--agent-key="+p.Key("leaf"))
 	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--ca-cert") {
 		t.Errorf("err = %v, want it to name --ca-cert", err)
 	}
-}
-
-// serverTLS builds a server config by hand (not through the code under test)
-// that requires a client certificate from the CA.
-func serverTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
-	t.Helper()
-	pemCA, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pemCA)
-	c, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{c}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-}
-
-// handshake runs one TLS handshake over loopback and returns the first error
-// of either side.
-func handshake(t *testing.T, server, client *tls.Config) error {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	serverErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			serverErr <- err
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		serverErr <- c.(*tls.Conn).Handshake()
-	}()
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), client)
-	if err == nil {
-		// With TLS 1.3 the client finishes before the server has checked the
-		// client certificate; a read surfaces the server's verdict.
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Read(make([]byte, 1))
-		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
-			err = nil
-		}
-		c.Close()
-	}
-	if sErr := <-serverErr; sErr != nil && err == nil {
-		return sErr
-	}
-	return err
-}
-
-// writeCerts writes a self-signed CA and a certificate it signed for
-// 127.0.0.1 (server and client use), and returns the three file names.
-func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "edge-1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("cert.pem", "CERTIFICATE", leafDER), write("key.pem", "PRIVATE KEY", keyDER)
 }

@@ -10,7 +10,6 @@ package options
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 
+	"github.com/edge-tunnel/edge-tunnel/internal/cli"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
 )
@@ -69,17 +69,13 @@ type Options struct {
 
 // deprecatedFlags only exist so that parsing does not fail; nothing reads them.
 type deprecatedFlags struct {
-	mode                      string
-	proxyStrategies           string
-	enableProfiling           bool
-	enableContentionProfiling bool
-	deleteExistingUDSFile     bool
-	authenticationAudience    string
-	agentNamespace            string
-	agentServiceAccount       string
-	kubeconfig                string
-	logToStderr               bool
-	alsoLogToStderr           bool
+	mode                   string
+	proxyStrategies        string
+	deleteExistingUDSFile  bool
+	authenticationAudience string
+	agentNamespace         string
+	agentServiceAccount    string
+	kubeconfig             string
 }
 
 // NewOptions returns the defaults.
@@ -150,17 +146,9 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
 	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof under /debug/pprof/).")
 	fs.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "Port of the admin endpoint. 0 disables it.")
-	fs.BoolVar(&o.deprecated.enableProfiling, "enable-profiling", false, "")
-	fs.MarkDeprecated("enable-profiling", "ignored: pprof is always served on --admin-bind-address:--admin-port (loopback by default); set --admin-port=0 to turn it off.")
-	fs.BoolVar(&o.deprecated.enableContentionProfiling, "enable-contention-profiling", false, "")
-	fs.MarkDeprecated("enable-contention-profiling", "ignored: the admin endpoint serves the standard pprof profiles; block and mutex profiling are not switched on.")
+	cli.AddDeprecatedProfilingFlags(fs, "admin-port")
 
-	fs = fss.FlagSet("logging")
-	logsapi.AddFlags(o.Logging, fs)
-	fs.BoolVar(&o.deprecated.logToStderr, "logtostderr", true, "")
-	fs.MarkDeprecated("logtostderr", "ignored: edge-tunnel always logs to stderr.")
-	fs.BoolVar(&o.deprecated.alsoLogToStderr, "alsologtostderr", false, "")
-	fs.MarkDeprecated("alsologtostderr", "ignored: edge-tunnel always logs to stderr.")
+	cli.AddLoggingFlags(fss.FlagSet("logging"), o.Logging)
 
 	return fss
 }
@@ -177,10 +165,16 @@ func (o *Options) Validate() []error {
 	if _, err := parseMode(o.UDSMode); err != nil {
 		add("--uds-mode %q: %v", o.UDSMode, err)
 	}
-	errs = append(errs, checkPort("--server-port", o.ServerPort, true)...)
-	errs = append(errs, checkPort("--agent-port", o.AgentPort, false)...)
-	errs = append(errs, checkPort("--health-port", o.HealthPort, true)...)
-	errs = append(errs, checkPort("--admin-port", o.AdminPort, true)...)
+	for _, err := range []error{
+		cli.CheckPort("--server-port", o.ServerPort, true),
+		cli.CheckPort("--agent-port", o.AgentPort, false),
+		cli.CheckPort("--health-port", o.HealthPort, true),
+		cli.CheckPort("--admin-port", o.AdminPort, true),
+	} {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 
 	if o.ServerPort != 0 {
 		if o.ServerCert == "" || o.ServerKey == "" {
@@ -231,9 +225,9 @@ func (o *Options) Config() (server.Config, error) {
 	cfg := server.Config{
 		UDSName:       o.UDSName,
 		UDSMode:       mode,
-		AgentAddr:     joinHostPort(o.AgentBindAddress, o.AgentPort),
-		HealthAddr:    joinHostPort(o.HealthBindAddress, o.HealthPort),
-		AdminAddr:     joinHostPort(o.AdminBindAddress, o.AdminPort),
+		AgentAddr:     cli.JoinHostPort(o.AgentBindAddress, o.AgentPort),
+		HealthAddr:    cli.JoinHostPort(o.HealthBindAddress, o.HealthPort),
+		AdminAddr:     cli.JoinHostPort(o.AdminBindAddress, o.AdminPort),
 		ServerID:      o.serverID(),
 		ServerCount:   o.ServerCount,
 		KeepaliveTime: o.KeepaliveTime,
@@ -242,7 +236,7 @@ func (o *Options) Config() (server.Config, error) {
 		ConnStreams:   o.ConnStreams,
 	}
 	if o.ServerPort != 0 {
-		cfg.FrontendAddr = joinHostPort(o.ServerBindAddress, o.ServerPort)
+		cfg.FrontendAddr = cli.JoinHostPort(o.ServerBindAddress, o.ServerPort)
 		cfg.FrontendTLS, err = tlsutil.ServerConfig(o.ServerCert, o.ServerKey, o.ServerCACert)
 		if err != nil {
 			return server.Config{}, fmt.Errorf("TLS of the TCP frontend (--server-cert, --server-key, --server-ca-cert): %w", err)
@@ -284,27 +278,4 @@ func parseMode(s string) (os.FileMode, error) {
 		return 0, fmt.Errorf("only permission bits (at most 0777) are allowed")
 	}
 	return os.FileMode(m), nil
-}
-
-// checkPort reports a port outside 1..65535 (or 0, when zeroOK: disabled).
-func checkPort(flag string, port int, zeroOK bool) []error {
-	switch {
-	case port == 0 && zeroOK:
-		return nil
-	case port == 0:
-		return []error{fmt.Errorf("%s=0: this port cannot be disabled; give a port in 1..65535", flag)}
-	case (port < 0 || port > 65535) && zeroOK:
-		return []error{fmt.Errorf("%s=%d: not a port; give 1..65535, or 0 to disable it", flag, port)}
-	case port < 0 || port > 65535:
-		return []error{fmt.Errorf("%s=%d: not a port; give 1..65535", flag, port)}
-	}
-	return nil
-}
-
-// joinHostPort gives host:port, or "" when port is 0 (disabled).
-func joinHostPort(host string, port int) string {
-	if port == 0 {
-		return ""
-	}
-	return net.JoinHostPort(host, strconv.Itoa(port))
 }

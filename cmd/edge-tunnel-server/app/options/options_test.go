@@ -1,25 +1,14 @@
 package options
 
 import (
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"io"
-	"math/big"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
+	"github.com/edge-tunnel/edge-tunnel/internal/cli/clitest"
 )
 
 // parse builds the options from a command line the way the command does.
@@ -28,17 +17,7 @@ func parse(t *testing.T, args ...string) (*Options, string) {
 	o := NewOptions()
 	o.getenv = func(string) string { return "" }
 	o.hostname = func() (string, error) { return "cloud-node-1", nil }
-	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	var out bytes.Buffer
-	fs.SetOutput(&out)
-	fss := o.Flags()
-	for _, name := range fss.Order {
-		fs.AddFlagSet(fss.FlagSets[name])
-	}
-	if err := fs.Parse(args); err != nil {
-		t.Fatalf("parse %q: %v", args, err)
-	}
-	return o, out.String()
+	return o, clitest.ParseFlags(t, o.Flags(), args...)
 }
 
 func TestDefaults(t *testing.T) {
@@ -146,15 +125,7 @@ func TestValidate(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			o, _ := parse(t, tc.args...)
-			errs := o.Validate()
-			if len(errs) != len(tc.want) {
-				t.Fatalf("got %d errors, want %d: %v", len(errs), len(tc.want), errors.Join(errs...))
-			}
-			for i, want := range tc.want {
-				if !strings.Contains(errs[i].Error(), want) {
-					t.Errorf("error %d = %q, want it to contain %q", i, errs[i], want)
-				}
-			}
+			clitest.WantErrors(t, o.Validate(), tc.want)
 		})
 	}
 }
@@ -174,8 +145,8 @@ func TestWarnings(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	dir := t.TempDir()
-	ca, cert, key := writeCerts(t, dir)
+	p := clitest.WritePKI(t, "leaf")
+	ca, cert, key := p.CA(), p.Cert("leaf"), p.Key("leaf")
 	o, _ := parse(t,
 		"--uds-name=/run/edge-tunnel.sock", "--uds-mode=0600",
 		"--server-bind-address=10.0.0.1", "--server-cert="+cert, "--server-key="+key, "--server-ca-cert="+ca,
@@ -214,26 +185,25 @@ func TestConfig(t *testing.T) {
 	}
 	// Both ports must do mutual TLS: a client with a certificate from the CA
 	// gets through, a client without one does not.
-	withCert := clientTLS(t, ca, cert, key)
-	noCert := clientTLS(t, ca, "", "")
+	withCert := clitest.ClientTLS(t, ca, cert, key)
+	noCert := clitest.ClientTLS(t, ca, "", "")
 	for name, srv := range map[string]*tls.Config{"FrontendTLS": cfg.FrontendTLS, "AgentTLS": cfg.AgentTLS} {
 		if srv == nil {
 			t.Errorf("%s is nil", name)
 			continue
 		}
-		if err := handshake(t, srv, withCert); err != nil {
+		if err := clitest.Handshake(t, srv, withCert); err != nil {
 			t.Errorf("%s: handshake with a client certificate failed: %v", name, err)
 		}
-		if err := handshake(t, srv, noCert); err == nil {
+		if err := clitest.Handshake(t, srv, noCert); err == nil {
 			t.Errorf("%s: handshake without a client certificate succeeded; mutual TLS is not enforced", name)
 		}
 	}
 }
 
 func TestConfigUDSOnlyHasNoFrontendAddr(t *testing.T) {
-	dir := t.TempDir()
-	_, cert, key := writeCerts(t, dir)
-	o, _ := parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert="+cert, "--cluster-key="+key)
+	p := clitest.WritePKI(t, "leaf")
+	o, _ := parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert="+p.Cert("leaf"), "--cluster-key="+p.Key("leaf"))
 	cfg, err := o.Config()
 	if err != nil {
 		t.Fatalf("Config: %v", err)
@@ -247,9 +217,8 @@ func TestConfigUDSOnlyHasNoFrontendAddr(t *testing.T) {
 }
 
 func TestConfigNamesFlagsOfUnreadableFiles(t *testing.T) {
-	dir := t.TempDir()
-	_, cert, key := writeCerts(t, dir)
-	missing := filepath.Join(dir, "missing.pem")
+	p := clitest.WritePKI(t, "leaf")
+	cert, key, missing := p.Cert("leaf"), p.Key("leaf"), p.Path("missing.pem")
 
 	o, _ := parse(t, "--server-cert="+cert, "--server-key="+key, "--server-ca-cert="+missing, "--cluster-cert="+cert, "--cluster-key="+key)
 	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--server-ca-cert") {
@@ -287,108 +256,4 @@ func TestServerIDFallbacks(t *testing.T) {
 	if len(a) != 36 || a == b {
 		t.Errorf("uuid fallback: %q, %q (want two different UUIDs)", a, b)
 	}
-}
-
-// clientTLS builds a client config by hand (not through the code under test).
-func clientTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
-	t.Helper()
-	pemCA, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pemCA)
-	cfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
-	if certFile != "" {
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Certificates = []tls.Certificate{c}
-	}
-	return cfg
-}
-
-// handshake runs one TLS handshake over loopback and returns the first error
-// of either side.
-func handshake(t *testing.T, server, client *tls.Config) error {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	serverErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			serverErr <- err
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		serverErr <- c.(*tls.Conn).Handshake()
-	}()
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), client)
-	if err == nil {
-		// With TLS 1.3 the client finishes before the server has checked the
-		// client certificate; a read surfaces the server's verdict.
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Read(make([]byte, 1))
-		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
-			err = nil
-		}
-		c.Close()
-	}
-	if sErr := <-serverErr; sErr != nil {
-		return sErr
-	}
-	return err
-}
-
-// writeCerts writes a self-signed CA and a certificate it signed for
-// 127.0.0.1, and returns the three file names.
-func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "edge-tunnel-server"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("cert.pem", "CERTIFICATE", leafDER), write("key.pem", "PRIVATE KEY", keyDER)
 }
