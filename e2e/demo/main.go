@@ -75,6 +75,23 @@ func run() error {
 	serverHealth := "http://127.0.0.1:" + strconv.Itoa(ports[2])
 	agentHealth := "http://127.0.0.1:" + strconv.Itoa(ports[4])
 
+	target, stopTarget, err := startTarget()
+	if err != nil {
+		return err
+	}
+	defer stopTarget()
+	step("Started an HTTP service on the edge node at " + target)
+
+	// Edge-node ports other than kubelet's are forwarded only when the
+	// ConfigMap edge-tunnel-server-cfg names them; here it is a file.
+	_, targetPort, _ := net.SplitHostPort(target)
+	portsFile := filepath.Join(dir, "edge-tunnel-server-cfg.yaml")
+	cm := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: edge-tunnel-server-cfg, namespace: kube-system}\ndata:\n  http-proxy-ports: \"" + targetPort + "\"\n"
+	if err := os.WriteFile(portsFile, []byte(cm), 0o644); err != nil {
+		return fmt.Errorf("write the port ConfigMap: %w", err)
+	}
+	step("Forwarding port " + targetPort + " of the edge node (ConfigMap edge-tunnel-server-cfg, http-proxy-ports)")
+
 	step("Starting edge-tunnel-server (unix socket, TCP frontend " + frontendAddr + ", agent port 127.0.0.1:" + strconv.Itoa(ports[1]) + ")")
 	server, err := start(dir, "server", serverBin,
 		"--uds-name", uds,
@@ -87,6 +104,7 @@ func run() error {
 		"--health-bind-address", "127.0.0.1", "--health-port", strconv.Itoa(ports[2]),
 		"--admin-port", strconv.Itoa(ports[3]),
 		"--server-id", "demo-server", "--server-count", "1",
+		"--ports-config", portsFile,
 	)
 	if err != nil {
 		return err
@@ -115,13 +133,6 @@ func run() error {
 	if err := waitAgent(server, serverHealth+"/metrics"); err != nil {
 		return err
 	}
-
-	target, stopTarget, err := startTarget()
-	if err != nil {
-		return err
-	}
-	defer stopTarget()
-	step("Started an HTTP service on the edge node at " + target)
 
 	frontendTLS, err := frontendClientTLS(certs)
 	if err != nil {

@@ -3,8 +3,10 @@ package harness
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,6 +20,22 @@ type ServerOptions struct {
 	ID string
 	// ExtraArgs are appended to the command line, e.g. "--direct-dial=false".
 	ExtraArgs []string
+	// Ports is the data of the port ConfigMap, written to the file given as
+	// --ports-config. Nil forwards the ephemeral port range, where the
+	// harness's targets listen, as plain HTTP ports.
+	Ports map[string]string
+}
+
+// ephemeralPorts lists 32768-60999 (Linux's default local port range).
+func ephemeralPorts() string {
+	var b strings.Builder
+	for p := 32768; p <= 60999; p++ {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(p))
+	}
+	return b.String()
 }
 
 // Server is a running edge-tunnel-server.
@@ -31,6 +49,25 @@ type Server struct {
 	// HealthURL serves /readyz and /metrics; AdminURL serves pprof.
 	HealthURL string
 	AdminURL  string
+	// PortsFile is --ports-config; WritePorts changes it.
+	PortsFile string
+}
+
+// WritePorts replaces the port ConfigMap data the server reads; the server
+// applies it within about a second.
+func (s *Server) WritePorts(t testing.TB, data map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	for k, v := range data {
+		fmt.Fprintf(&b, "%s: %q\n", k, v)
+	}
+	tmp := s.PortsFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, s.PortsFile); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // StartServer starts edge-tunnel-server on loopback with free ports and
@@ -48,7 +85,13 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		HealthURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		AdminURL:     fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
 	}
+	if opts.Ports == nil {
+		opts.Ports = map[string]string{"http-proxy-ports": ephemeralPorts()}
+	}
+	s.PortsFile = filepath.Join(t.TempDir(), "ports.yaml")
+	s.WritePorts(t, opts.Ports)
 	args := []string{
+		"--ports-config", s.PortsFile,
 		"--uds-name", s.UDS,
 		"--server-bind-address", "127.0.0.1",
 		"--server-port", strconv.Itoa(ports[0]),

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
@@ -67,13 +69,23 @@ type Router struct {
 	agents     Agents
 	directDial bool
 	dialer     net.Dialer
+	ports      atomic.Pointer[ports.Config]
 }
 
-// New returns a Router. directDial allows hosts that no agent serves to be
-// dialed by the server itself.
+// New returns a Router with the default port policy. directDial allows hosts
+// that no agent serves to be dialed by the server itself.
 func New(agents Agents, directDial bool) *Router {
-	return &Router{agents: agents, directDial: directDial, dialer: net.Dialer{KeepAlive: 30 * time.Second}}
+	r := &Router{agents: agents, directDial: directDial, dialer: net.Dialer{KeepAlive: 30 * time.Second}}
+	r.ports.Store(ports.Default())
+	return r
 }
+
+// SetPorts replaces the edge-node port policy. Dials decided before keep
+// their route; connections already open are not affected.
+func (r *Router) SetPorts(c *ports.Config) { r.ports.Store(c) }
+
+// Ports returns the port policy in effect.
+func (r *Router) Ports() *ports.Config { return r.ports.Load() }
 
 // Route decides where address (host:port) goes. The error is a
 // *tunnel.DialError whose text is meant for the end user.
@@ -91,6 +103,17 @@ func (r *Router) Route(address string) (Route, error) {
 		return Route{}, tunnel.Errorf(tunnel.KindBadRequest, "edge-tunnel-server: empty host in address %q", address)
 	}
 	if b, ok := r.agents.Lookup(key); ok {
+		pc := r.ports.Load()
+		if !pc.Allowed(port) {
+			return Route{}, tunnel.Errorf(tunnel.KindForbidden,
+				"edge-tunnel-server: port %d of edge node %q is not forwarded: add %d to %q (plain HTTP) or %q (TLS) in ConfigMap kube-system/edge-tunnel-server-cfg",
+				port, host, port, ports.KeyHTTP, ports.KeyHTTPS)
+		}
+		if pc.Loopback(port) {
+			// The server, not the agent, rewrites: an upstream agent
+			// dials whatever address it is sent.
+			address = net.JoinHostPort("127.0.0.1", portStr)
+		}
 		return Route{Kind: ViaAgent, Address: address, Agent: b}, nil
 	}
 	if r.directDial {

@@ -979,7 +979,7 @@ func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *promet
 	}
 	runUntilCleanup(t, a.Run)
 	waitFor(t, "agent "+name+" routable", func() bool {
-		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "1"))
+		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "10250"))
 		if c != nil {
 			c.Close()
 		}
@@ -1068,7 +1068,7 @@ func startUpstreamAgent(t testing.TB, e *env, host string) *upstreamAgent {
 	go func() { defer close(done); a.serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; a.wg.Wait() })
 	waitFor(t, host+" routable", func() bool {
-		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(host, "1"))
+		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(host, "10250"))
 		if c != nil {
 			c.Close()
 		}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 )
 
 // Config is everything a Server needs, already validated and loaded (files
@@ -50,6 +52,13 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// ConnStreams announces the per-connection stream extension to agents.
 	ConnStreams bool
+
+	// Ports is the edge-node port policy to start with; nil means the
+	// defaults (kubelet's ports only). A ports source replaces it live.
+	Ports *ports.Config
+	// PortsFile, when set, is a mounted ConfigMap directory or a file with
+	// its data, re-read when it changes (--ports-config).
+	PortsFile string
 
 	// Registry receives the server's metrics; nil means a private registry.
 	Registry *prometheus.Registry

@@ -17,6 +17,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
+	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
 )
@@ -39,6 +40,7 @@ type envOptions struct {
 	directDial  bool
 	registry    *prometheus.Registry // server metrics; nil means a private registry
 	serverCount int                  // announced to agents; 0 means 1
+	portsFile   string               // --ports-config; empty means testPorts
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -75,6 +77,17 @@ func newEnv(t testing.TB, o envOptions) *env {
 	return e
 }
 
+// testPorts forwards the ephemeral port range, where the tests' targets
+// listen, and a few fixed ports the tests name, as plain HTTP ports: these
+// tests exercise the data path; the port policy has tests of its own.
+var testPorts = func() *ports.Config {
+	ps := []int{1, 81, 443}
+	for p := 32768; p <= 60999; p++ {
+		ps = append(ps, p)
+	}
+	return ports.New(ps, nil, nil)
+}()
+
 // replica starts another server with the same certificates and options, as
 // one more replica of a Deployment.
 func (e *env) replica(t testing.TB, id string) *env {
@@ -91,7 +104,7 @@ func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: e.srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS, ServerID: id, ServerCount: max(1, e.opts.serverCount),
 		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: e.opts.directDial, ConnStreams: e.opts.connStreams,
-		Registry: reg,
+		Registry: reg, Ports: testPorts, PortsFile: e.opts.portsFile,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +134,7 @@ func (e *env) addAgent(t testing.TB, name string, connStreams bool, addrs ...str
 	runUntilCleanup(t, a.Run)
 	// The agent is routable once a dial by its name reaches it.
 	waitFor(t, "agent "+name+" routable", func() bool {
-		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "1"))
+		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "10250"))
 		if c != nil {
 			c.Close()
 		}

@@ -94,6 +94,9 @@ func New(cfg Config) (*Server, error) {
 		addrs:    map[string]net.Addr{},
 	}
 	s.router = router.New(s.agents, cfg.DirectDial)
+	if cfg.Ports != nil {
+		s.router.SetPorts(cfg.Ports)
+	}
 	return s, nil
 }
 
@@ -183,6 +186,9 @@ func (s *Server) Run(ctx context.Context) error {
 		goServe(func() { mux.Serve(feLn, frontendTLS(s.cfg.FrontendTLS)) })
 	}
 	goServe(func() { agentGRPC.Serve(agentLn) })
+	if s.cfg.PortsFile != "" {
+		goServe(func() { s.watchPortsFile(ctx) })
+	}
 	httpServers := []*http.Server{}
 	if healthLn != nil {
 		hs := &http.Server{Handler: s.healthHandler(), ReadHeaderTimeout: 10 * time.Second}

@@ -15,9 +15,12 @@ import (
 )
 
 // echoServer accepts on loopback and echoes every connection.
-func echoServer(t testing.TB) string {
+func echoServer(t testing.TB) string { return echoServerOn(t, "127.0.0.1:0") }
+
+// echoServerOn is echoServer on a given address.
+func echoServerOn(t testing.TB, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

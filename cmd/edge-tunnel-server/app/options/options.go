@@ -49,6 +49,7 @@ type Options struct {
 	// Dialing.
 	DialTimeout time.Duration
 	DirectDial  bool
+	PortsConfig string
 
 	// Health and admin endpoints.
 	HealthBindAddress string
@@ -138,6 +139,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs = fss.FlagSet("dialing")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long a dial through an agent, or a direct dial, may take before the client gets an error.")
 	fs.BoolVar(&o.DirectDial, "direct-dial", o.DirectDial, "Dial destinations that no agent serves from the server itself. Needed when kube-apiserver sends all egress through the tunnel: admission webhooks and aggregated APIs (metrics-server) live in the cloud.")
+	fs.StringVar(&o.PortsConfig, "ports-config", o.PortsConfig, "Edge-node port policy from the file system, re-read when it changes: a mounted ConfigMap edge-tunnel-server-cfg (a directory, one file per key) or a file with its data. Without it only ports 10250 and 10255 of edge nodes are forwarded.")
 	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
 	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
 
@@ -234,6 +236,7 @@ func (o *Options) Config() (server.Config, error) {
 		DialTimeout:   o.DialTimeout,
 		DirectDial:    o.DirectDial,
 		ConnStreams:   o.ConnStreams,
+		PortsFile:     o.PortsConfig,
 	}
 	if o.ServerPort != 0 {
 		cfg.FrontendAddr = cli.JoinHostPort(o.ServerBindAddress, o.ServerPort)
