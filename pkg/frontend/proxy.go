@@ -73,14 +73,20 @@ func (ps *proxyStream) send(pkt *client.Packet) error {
 }
 
 func (ps *proxyStream) recvLoop() error {
+	var rp tunnel.RecvPacket
+	defer rp.Release()
 	for {
-		pkt, err := ps.stream.Recv()
-		if err != nil {
+		if err := ps.stream.RecvMsg(&rp); err != nil {
 			if err == io.EOF {
 				return nil
 			}
 			return err
 		}
+		if rp.IsData {
+			ps.onData(rp.ConnectID, &rp)
+			continue
+		}
+		pkt := &rp.Packet
 		switch pkt.Type {
 		case client.PacketType_DIAL_REQ:
 			if r := pkt.GetDialRequest(); r != nil {
@@ -89,7 +95,7 @@ func (ps *proxyStream) recvLoop() error {
 			}
 		case client.PacketType_DATA:
 			if d := pkt.GetData(); d != nil {
-				ps.onData(d)
+				ps.onData(d.ConnectID, bytesWriter(d.Data))
 				continue
 			}
 		case client.PacketType_CLOSE_REQ:
@@ -205,19 +211,36 @@ func (ps *proxyStream) finish(id int64) bool {
 	return !stopped
 }
 
-func (ps *proxyStream) onData(d *client.Data) {
+// payload is the data of one DATA packet, delivered to a connection.
+type payload interface {
+	WriteData(io.Writer) error
+	Release()
+}
+
+func (ps *proxyStream) onData(id int64, data payload) {
 	ps.mu.Lock()
-	conn := ps.conns[d.ConnectID]
+	conn := ps.conns[id]
 	ps.mu.Unlock()
 	if conn == nil {
 		// Data racing our CLOSE_RSP is normal; anything else is a client bug.
-		ps.p.log.V(2).Info("DATA for a connection that is not open on this stream; dropped", "connectionID", d.ConnectID)
+		data.Release()
+		ps.p.log.V(2).Info("DATA for a connection that is not open on this stream; dropped", "connectionID", id)
 		return
 	}
-	if _, err := conn.Write(d.Data); err != nil {
+	if err := data.WriteData(conn); err != nil {
 		conn.Close() // pump sees it, sends CLOSE_RSP
 	}
 }
+
+// bytesWriter is the payload of a DATA packet decoded the ordinary way.
+type bytesWriter []byte
+
+func (b bytesWriter) WriteData(w io.Writer) error {
+	_, err := w.Write(b)
+	return err
+}
+
+func (b bytesWriter) Release() {}
 
 // onClose closes connection id; its pump then sends the one CLOSE_RSP. A
 // CLOSE_REQ for an ID this stream never assigned gets an error CLOSE_RSP so

@@ -61,8 +61,11 @@ func marshalChunk(data []byte) mem.BufferSlice {
 var chunkTag = byte(protowire.EncodeTag(1, protowire.BytesType))
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if cb, ok := v.(*chunkBufs); ok {
-		return cb.take(data)
+	switch t := v.(type) {
+	case *chunkBufs:
+		return t.take(data)
+	case *RecvPacket:
+		return t.take(data)
 	}
 	m, ok := v.(proto.Message)
 	if !ok {

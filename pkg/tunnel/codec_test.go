@@ -7,6 +7,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
+
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -109,4 +111,39 @@ func FuzzChunkBufs(f *testing.F) {
 			t.Fatalf("codec read %x, protobuf %x", got, want.Data)
 		}
 	})
+}
+
+func TestRecvPacketFastPathMatchesProtobuf(t *testing.T) {
+	for _, pkt := range []*client.Packet{
+		{Type: client.PacketType_DATA, Payload: &client.Packet_Data{Data: &client.Data{ConnectID: 7, Data: bytes.Repeat([]byte("x"), 70000)}}},
+		{Type: client.PacketType_DATA, Payload: &client.Packet_Data{Data: &client.Data{ConnectID: 1 << 40, Data: []byte("a")}}},
+		{Type: client.PacketType_DATA, Payload: &client.Packet_Data{Data: &client.Data{ConnectID: 3}}},
+		// Not the fast shape: an error text, another type.
+		{Type: client.PacketType_DATA, Payload: &client.Packet_Data{Data: &client.Data{ConnectID: 3, Error: "e", Data: []byte("z")}}},
+		{Type: client.PacketType_CLOSE_REQ, Payload: &client.Packet_CloseRequest{CloseRequest: &client.CloseRequest{ConnectID: 9}}},
+	} {
+		wire, _ := proto.Marshal(pkt)
+		for _, piece := range []int{1, 7, 16384, len(wire) + 1} {
+			var rp RecvPacket
+			if err := Codec.Unmarshal(split(wire, piece), &rp); err != nil {
+				t.Fatal(err)
+			}
+			if rp.IsData {
+				var got bytes.Buffer
+				if err := rp.WriteData(&got); err != nil {
+					t.Fatal(err)
+				}
+				if rp.ConnectID != pkt.GetData().ConnectID || !bytes.Equal(got.Bytes(), pkt.GetData().Data) {
+					t.Fatalf("fast path read connectID %d and %d bytes, want %d and %d", rp.ConnectID, got.Len(), pkt.GetData().ConnectID, len(pkt.GetData().Data))
+				}
+				if pkt.GetData().Error != "" {
+					t.Fatal("a DATA with an error text took the fast path and lost it")
+				}
+				continue
+			}
+			if !proto.Equal(&rp.Packet, pkt) {
+				t.Fatalf("decoded %v, want %v", &rp.Packet, pkt)
+			}
+		}
+	}
 }
