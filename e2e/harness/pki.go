@@ -34,8 +34,10 @@ type PKI struct {
 	clusterCA  *pki.CA
 }
 
-// NewPKI makes both CAs and the fixed certificates.
-func NewPKI(t testing.TB) *PKI {
+// NewPKI makes both CAs and the fixed certificates. The agent port's
+// certificate is for loopback plus agentPortHosts (addresses or names agents
+// dial, e.g. a bridge address that edge nodes in network namespaces reach).
+func NewPKI(t testing.TB, agentPortHosts ...string) *PKI {
 	t.Helper()
 	dir := t.TempDir()
 	p := &PKI{Dir: dir}
@@ -63,7 +65,7 @@ func NewPKI(t testing.TB) *PKI {
 	}
 	clusterDir := filepath.Join(dir, "cluster")
 	if err := pki.WriteFiles(clusterDir, p.clusterCA, map[string]pki.Pair{
-		"server": issue(p.clusterCA, "edge-tunnel-server", loopback, pki.UsageServer),
+		"server": issue(p.clusterCA, "edge-tunnel-server", append(loopback, agentPortHosts...), pki.UsageServer),
 	}); err != nil {
 		t.Fatalf("write cluster PKI: %v", err)
 	}

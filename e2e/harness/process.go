@@ -26,9 +26,15 @@ type Process struct {
 	waitErr error
 }
 
-// startProcess starts bin with args, logging to a file in logDir, and
+// StartProcess starts bin with args, logging to a file in logDir, and
 // registers a cleanup that stops it and, if the test failed, logs the tail
-// of its output.
+// of its output. The process is killed if the test process dies first
+// (a timeout panic, a kill), so no stray server outlives a run.
+func StartProcess(t testing.TB, name, logDir, bin string, args ...string) *Process {
+	t.Helper()
+	return startProcess(t, name, logDir, bin, args...)
+}
+
 func startProcess(t testing.TB, name, logDir, bin string, args ...string) *Process {
 	t.Helper()
 	logPath := filepath.Join(logDir, name+".log")
@@ -38,6 +44,7 @@ func startProcess(t testing.TB, name, logDir, bin string, args ...string) *Proce
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		t.Fatalf("start %s (%s %s): %v", name, bin, strings.Join(args, " "), err)
@@ -120,8 +127,11 @@ func (p *Process) Log() string {
 
 // waitHTTP200 polls url until it answers 200, the process ends, or timeout.
 func (p *Process) waitHTTP200(url string, timeout time.Duration) error {
+	return p.waitHTTP200Client(&http.Client{Timeout: time.Second}, url, timeout)
+}
+
+func (p *Process) waitHTTP200Client(c *http.Client, url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
 	var last string
 	for time.Now().Before(deadline) {
 		if p.Exited() {

@@ -20,6 +20,9 @@ type ServerOptions struct {
 	ID string
 	// ExtraArgs are appended to the command line, e.g. "--direct-dial=false".
 	ExtraArgs []string
+	// AgentBindAddress is --agent-bind-address (default 127.0.0.1); give
+	// the PKI the same address (NewPKI's agentPortHosts).
+	AgentBindAddress string
 	// Ports is the data of the port ConfigMap, written to the file given as
 	// --ports-config. Nil forwards the ephemeral port range, where the
 	// harness's targets listen, as plain HTTP ports.
@@ -51,6 +54,9 @@ type Server struct {
 	AdminURL  string
 	// PortsFile is --ports-config; WritePorts changes it.
 	PortsFile string
+
+	bin, logDir string
+	args        []string
 }
 
 // WritePorts replaces the port ConfigMap data the server reads; the server
@@ -77,11 +83,14 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 	if opts.ID == "" {
 		opts.ID = "e2e-server"
 	}
+	if opts.AgentBindAddress == "" {
+		opts.AgentBindAddress = "127.0.0.1"
+	}
 	ports := FreePorts(t, 4)
 	s := &Server{
 		UDS:          filepath.Join(shortTempDir(t), "tunnel.sock"),
 		FrontendAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
-		AgentAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+		AgentAddr:    net.JoinHostPort(opts.AgentBindAddress, strconv.Itoa(ports[1])),
 		HealthURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		AdminURL:     fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
 	}
@@ -98,7 +107,7 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		"--server-cert", p.FrontendServerCert,
 		"--server-key", p.FrontendServerKey,
 		"--server-ca-cert", p.FrontendCA,
-		"--agent-bind-address", "127.0.0.1",
+		"--agent-bind-address", opts.AgentBindAddress,
 		"--agent-port", strconv.Itoa(ports[1]),
 		"--cluster-cert", p.ClusterServerCert,
 		"--cluster-key", p.ClusterServerKey,
@@ -111,11 +120,27 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		"-v", "2",
 	}
 	args = append(args, opts.ExtraArgs...)
-	s.Process = startProcess(t, "server-"+opts.ID, t.TempDir(), bins.Server, args...)
+	s.bin, s.logDir, s.args = bins.Server, t.TempDir(), args
+	s.Process = startProcess(t, "server-"+opts.ID, s.logDir, s.bin, s.args...)
 	if err := s.waitHTTP200(s.HealthURL+"/readyz", ReadyTimeout); err != nil {
 		t.Fatalf("edge-tunnel-server not ready: %v\n%s", err, s.LogTail(40))
 	}
 	return s
+}
+
+// Restart stops the server (SIGTERM) and starts it again with the same
+// command line, so it comes back on the same socket and ports, and waits
+// until it is ready. The old process's log is kept next to the new one.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop(t)
+	if err := os.Rename(s.LogPath, s.LogPath+".before-restart"); err != nil {
+		t.Fatalf("keep the log of the stopped server: %v", err)
+	}
+	s.Process = startProcess(t, s.Name, s.logDir, s.bin, s.args...)
+	if err := s.waitHTTP200(s.HealthURL+"/readyz", ReadyTimeout); err != nil {
+		t.Fatalf("edge-tunnel-server not ready after restart: %v\n%s", err, s.LogTail(40))
+	}
 }
 
 // ConnectedAgentsMetric is the server gauge of connected agents.
@@ -167,6 +192,11 @@ type AgentOptions struct {
 	CertCN string
 	// ExtraArgs are appended to the command line.
 	ExtraArgs []string
+	// Node, when set, runs the agent inside that edge node's network
+	// namespace, dialing the server at the host end of the server's
+	// AgentAddr; the agent's health and admin ports are then on the
+	// namespace's loopback, reachable through Node.DialContext.
+	Node *EdgeNode
 }
 
 // Agent is a running edge-tunnel-agent.
@@ -193,7 +223,7 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 	}
 	cert, key := p.AgentCert(t, "agent-"+opts.Name, opts.CertCN)
 	ports := FreePorts(t, 2)
-	_, agentPort, err := net.SplitHostPort(s.AgentAddr)
+	serverHost, agentPort, err := net.SplitHostPort(s.AgentAddr)
 	if err != nil {
 		t.Fatalf("server agent address %q: %v", s.AgentAddr, err)
 	}
@@ -204,7 +234,7 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 		AdminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 	}
 	args := []string{
-		"--proxy-server-host", "127.0.0.1",
+		"--proxy-server-host", serverHost,
 		"--proxy-server-port", agentPort,
 		"--ca-cert", p.ClusterCA,
 		"--agent-cert", cert,
@@ -218,8 +248,16 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 		"-v", "2",
 	}
 	args = append(args, opts.ExtraArgs...)
-	a.Process = startProcess(t, "agent-"+opts.Name, t.TempDir(), bins.Agent, args...)
-	if err := a.waitHTTP200(a.HealthURL+"/readyz", ReadyTimeout); err != nil {
+	bin := bins.Agent
+	if opts.Node != nil {
+		bin, args = opts.Node.Command(bin, args...)
+	}
+	a.Process = startProcess(t, "agent-"+opts.Name, t.TempDir(), bin, args...)
+	client := probeClient
+	if opts.Node != nil {
+		client = opts.Node.HTTPClient(time.Second)
+	}
+	if err := a.waitHTTP200Client(client, a.HealthURL+"/readyz", ReadyTimeout); err != nil {
 		t.Fatalf("edge-tunnel-agent %s not ready: %v\n%s", opts.Name, err, a.LogTail(40))
 	}
 	return a
