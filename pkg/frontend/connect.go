@@ -51,14 +51,14 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit) {
 	lim.off()
 	if err != nil {
 		if lim.exceeded {
-			writeStatus(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("edge-tunnel-server: request head larger than %d bytes", maxHeadBytes))
+			WriteStatus(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("edge-tunnel-server: request head larger than %d bytes", maxHeadBytes))
 			return
 		}
-		writeStatus(c, http.StatusBadRequest, "edge-tunnel-server: malformed HTTP request: "+err.Error())
+		WriteStatus(c, http.StatusBadRequest, "edge-tunnel-server: malformed HTTP request: "+err.Error())
 		return
 	}
 	if req.Method != http.MethodConnect {
-		writeStatus(c, http.StatusMethodNotAllowed, fmt.Sprintf("edge-tunnel-server: method %s is not served here; send CONNECT host:port", req.Method))
+		WriteStatus(c, http.StatusMethodNotAllowed, fmt.Sprintf("edge-tunnel-server: method %s is not served here; send CONNECT host:port", req.Method))
 		return
 	}
 	c.Conn.SetReadDeadline(time.Time{})
@@ -68,7 +68,7 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit) {
 	backend, err := h.dialer.Dial(ctx, "connect", address)
 	cancel()
 	if err != nil {
-		writeStatus(c, statusFor(err), err.Error())
+		WriteStatus(c, StatusFor(err), err.Error())
 		return
 	}
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
@@ -78,9 +78,10 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit) {
 	tunnel.Splice(c, backend)
 }
 
-// statusFor maps a dial failure to the status upstream konnectivity uses for
-// it where it has one.
-func statusFor(err error) int {
+// StatusFor maps a dial failure to the status upstream konnectivity uses for
+// it where it has one. Every HTTP frontend (CONNECT here, pkg/httpproxy)
+// answers the same failure with the same status.
+func StatusFor(err error) int {
 	switch tunnel.KindOf(err) {
 	case tunnel.KindNoRoute, tunnel.KindUnavailable:
 		return http.StatusServiceUnavailable
@@ -95,9 +96,11 @@ func statusFor(err error) int {
 	}
 }
 
-// writeStatus answers with one line of reason: on the status line, where
-// kube-apiserver reports it, and as the body for humans with curl.
-func writeStatus(w io.Writer, code int, reason string) {
+// WriteStatus answers with one line of reason: on the status line, where
+// kube-apiserver reports it, and as the body for humans with curl. It writes
+// a whole response that closes the connection, so w must be the raw
+// connection (or a hijacked one).
+func WriteStatus(w io.Writer, code int, reason string) {
 	reason = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {
 			return ' '
