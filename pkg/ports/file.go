@@ -29,22 +29,28 @@ type FileSource struct {
 
 // Run calls apply with the data read at start and again after every change,
 // until ctx ends. data is nil when the path does not exist. A read error
-// keeps the last good data and is passed to report.
+// keeps the last good data and is passed to report; report(nil) follows
+// once the path can be read again.
 func (f *FileSource) Run(ctx context.Context, apply func(data map[string]string), report func(error)) {
 	interval := f.Interval
 	if interval <= 0 {
 		interval = time.Second
 	}
 	var last map[string]string
-	first := true
+	first, failing := true, false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		data, err := ReadFile(f.Path)
 		switch {
 		case err != nil:
+			failing = true
 			report(err)
-		case first || !maps.Equal(data, last) || (data == nil) != (last == nil):
+		case failing:
+			failing = false
+			report(nil)
+		}
+		if err == nil && (first || !maps.Equal(data, last) || (data == nil) != (last == nil)) {
 			first, last = false, data
 			apply(data)
 		}
