@@ -28,6 +28,12 @@ const shutdownTimeout = 5 * time.Second
 type Check struct {
 	Name string
 	Fn   func(*http.Request) error
+	// Informational checks report a problem without failing the endpoint:
+	// their error is shown as a warning (with ?verbose, or on /ENDPOINT/NAME)
+	// and the answer stays 200. For conditions worth seeing that must not
+	// take the process out of service, such as a config source that cannot
+	// be read while the last good config is still in use.
+	Informational bool
 }
 
 // Handler serves /healthz and /livez from the live checks, /readyz from the
@@ -81,10 +87,16 @@ func checksHandler(endpoint string, checks []Check) http.Handler {
 				}
 				continue
 			}
-			if err := run(c, r); err != nil {
+			err := run(c, r)
+			switch {
+			case err != nil && c.Informational:
+				if verbose {
+					fmt.Fprintf(&out, "[+]%s ok (warning: %v)\n", c.Name, err)
+				}
+			case err != nil:
 				failed = true
 				fmt.Fprintf(&out, "[-]%s failed: %v\n", c.Name, err)
-			} else if verbose {
+			case verbose:
 				fmt.Fprintf(&out, "[+]%s ok\n", c.Name)
 			}
 		}
@@ -114,7 +126,12 @@ func oneCheckHandler(checks []Check) http.Handler {
 			if c.Name != name {
 				continue
 			}
-			if err := run(c, r); err != nil {
+			err := run(c, r)
+			if err != nil && c.Informational {
+				writeText(w, http.StatusOK, []byte(fmt.Sprintf("ok (warning: %v)\n", err)))
+				return
+			}
+			if err != nil {
 				writeText(w, http.StatusInternalServerError, []byte(fmt.Sprintf("[-]%s failed: %v\n", name, err)))
 				return
 			}

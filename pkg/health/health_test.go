@@ -241,3 +241,54 @@ func TestAdminHandler(t *testing.T) {
 		}
 	}
 }
+
+// TestInformationalCheck: an informational check shows its problem as a
+// warning and never fails the endpoint; a real failure still does.
+func TestInformationalCheck(t *testing.T) {
+	var apiDown, listenersDown atomic.Bool
+	apiDown.Store(true)
+	ready := []Check{
+		{Name: "listeners", Fn: func(*http.Request) error {
+			if listenersDown.Load() {
+				return errors.New("not bound")
+			}
+			return nil
+		}},
+		{Name: "ports-config", Informational: true, Fn: func(*http.Request) error {
+			if apiDown.Load() {
+				return errors.New("the Kubernetes API cannot be read; keeping generation 3")
+			}
+			return nil
+		}},
+	}
+	srv := httptest.NewServer(Handler(nil, ready, nil))
+	defer srv.Close()
+
+	for _, tc := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/readyz", 200, "ok"},
+		{"/readyz?verbose", 200, "[+]listeners ok\n[+]ports-config ok (warning: the Kubernetes API cannot be read; keeping generation 3)\nreadyz check passed\n"},
+		{"/readyz/ports-config", 200, "ok (warning: the Kubernetes API cannot be read; keeping generation 3)\n"},
+	} {
+		if status, body := get(t, srv.URL+tc.path); status != tc.status || body != tc.body {
+			t.Errorf("GET %s = %d %q, want %d %q", tc.path, status, body, tc.status, tc.body)
+		}
+	}
+
+	apiDown.Store(false)
+	if status, body := get(t, srv.URL+"/readyz?verbose"); status != 200 || !strings.Contains(body, "[+]ports-config ok\n") {
+		t.Errorf("recovered: %d %q", status, body)
+	}
+	if status, body := get(t, srv.URL+"/readyz/ports-config"); status != 200 || body != "ok" {
+		t.Errorf("recovered, one check: %d %q", status, body)
+	}
+
+	apiDown.Store(true)
+	listenersDown.Store(true)
+	if status, body := get(t, srv.URL+"/readyz"); status != 500 || !strings.Contains(body, "[-]listeners failed: not bound") || strings.Contains(body, "ports-config") {
+		t.Errorf("with a real failure: %d %q", status, body)
+	}
+}

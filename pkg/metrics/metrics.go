@@ -75,6 +75,18 @@ type Server struct {
 	// BadPackets counts packets dropped as malformed or unexpected, by
 	// source (agent or frontend) and reason.
 	BadPackets *prometheus.CounterVec
+
+	// PortsGeneration is the generation of the edge-node port policy in
+	// effect: 0 at start, one more per change applied.
+	PortsGeneration prometheus.Gauge
+	// PortsWarnings counts items of ConfigMap edge-tunnel-server-cfg that
+	// were not applied (or unknown keys), each counted once when it first
+	// appears, not on every read.
+	PortsWarnings prometheus.Counter
+	// PortsSourceUp is 1 when the last read of the port policy's source
+	// (the Kubernetes API or --ports-config) succeeded, 0 when it failed
+	// and the last good policy is kept. 1 when there is no source.
+	PortsSourceUp prometheus.Gauge
 }
 
 // NewServer creates the server metrics and registers them on reg (nil
@@ -116,7 +128,20 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: namespace, Subsystem: "server", Name: "bad_packets_total",
 			Help: "Packets dropped as malformed or unexpected, by source and reason.",
 		}, []string{"source", "reason"}),
+		PortsGeneration: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "ports_config_generation",
+			Help: "Generation of the edge-node port policy in effect (0: the start-up policy; one more per change).",
+		}),
+		PortsWarnings: f.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "ports_config_warnings_total",
+			Help: "Items of ConfigMap edge-tunnel-server-cfg that were not applied, and unknown keys; each counted once when it appears.",
+		}),
+		PortsSourceUp: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "ports_config_source_up",
+			Help: "1 if the last read of the port policy's source (Kubernetes API or --ports-config) succeeded, 0 if it failed and the last good policy is kept.",
+		}),
 	}
+	m.PortsSourceUp.Set(1)
 	for _, fe := range frontends {
 		m.OpenConns.WithLabelValues(fe)
 		for _, r := range routes {

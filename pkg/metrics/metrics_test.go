@@ -38,6 +38,9 @@ func TestServerNames(t *testing.T) {
 		"edge_tunnel_server_bytes_total":                      2,
 		"edge_tunnel_server_stalled_connections_closed_total": 1,
 		"edge_tunnel_server_bad_packets_total":                1,
+		"edge_tunnel_server_ports_config_generation":          1,
+		"edge_tunnel_server_ports_config_warnings_total":      1,
+		"edge_tunnel_server_ports_config_source_up":           1,
 	}
 	got := families(t, reg)
 	for name, n := range want {
@@ -188,5 +191,17 @@ func TestLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestPortsSourceUpStartsAtOne: with no source (or before its first read)
+// nothing has failed, so an alert on source_up == 0 stays quiet.
+func TestPortsSourceUpStartsAtOne(t *testing.T) {
+	m := NewServer(prometheus.NewRegistry())
+	if v := testutil.ToFloat64(m.PortsSourceUp); v != 1 {
+		t.Fatalf("ports_config_source_up = %v at start, want 1", v)
+	}
+	if v := testutil.ToFloat64(m.PortsGeneration); v != 0 {
+		t.Fatalf("ports_config_generation = %v at start, want 0", v)
 	}
 }
