@@ -27,7 +27,7 @@ COMMANDS := edge-tunnel-server edge-tunnel-agent
 # Go files of this repository, without the tool cache.
 GO_FILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*')
 
-.PHONY: all build test proto verify-proto demo bench fmt vet lint clean
+.PHONY: all build test e2e proto verify-proto demo bench fmt vet lint clean
 
 all: build
 
@@ -43,6 +43,10 @@ FORCE:
 
 test:
 	hack/test.sh
+
+# kube-apiserver, etcd, kubectl and edge nodes in network namespaces (root).
+e2e:
+	hack/e2e.sh
 
 proto:
 	hack/gen-proto.sh

@@ -214,6 +214,15 @@ func setns(f *os.File) error {
 	return nil
 }
 
+// DieWithTestProcess makes the kernel kill cmd's process when the test
+// process dies (a timeout panic, a kill), so no stray server outlives a run.
+func DieWithTestProcess(cmd *exec.Cmd) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+}
+
 // RemoveEdgeNetwork deletes every namespace and link whose name starts
 // with prefix+"-" and returns what it could not delete ("" when all went).
 // The namespaces' processes must have been stopped; a namespace with a

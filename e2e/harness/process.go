@@ -44,7 +44,7 @@ func startProcess(t testing.TB, name, logDir, bin string, args ...string) *Proce
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	DieWithTestProcess(cmd)
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		t.Fatalf("start %s (%s %s): %v", name, bin, strings.Join(args, " "), err)

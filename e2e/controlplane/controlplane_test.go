@@ -1,0 +1,251 @@
+package controlplane_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edge-tunnel/edge-tunnel/e2e/controlplane"
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
+)
+
+var (
+	skipReason string
+	tools      controlplane.Tools
+	toolsErr   error
+)
+
+func TestMain(m *testing.M) {
+	skipReason = controlplane.SkipReason()
+	if skipReason == "" {
+		start := time.Now()
+		root, err := filepath.Abs(filepath.Join("..", ".."))
+		if err == nil {
+			tools, err = controlplane.BuildTools(root)
+		}
+		toolsErr = err
+		fmt.Fprintf(os.Stderr, "controlplane: tools ready in %s (kube-apiserver %s)\n", time.Since(start).Round(time.Millisecond), tools.KubernetesVersion)
+	}
+	harness.Main(m)
+}
+
+// setup skips the test when the control plane cannot run here, and
+// fails it when the tools could not be built.
+func setup(t *testing.T) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	if toolsErr != nil {
+		t.Fatalf("build the control-plane tools: %v", toolsErr)
+	}
+}
+
+// Streaming protocols between kubectl and kube-apiserver. kubectl 1.35
+// speaks WebSocket by default (kube-apiserver then speaks SPDY to the
+// kubelet); the variables switch kubectl back to SPDY end to end.
+var streamProtocols = []struct {
+	name string
+	env  []string
+}{
+	{"websocket", nil},
+	{"spdy", []string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false", "KUBECTL_PORT_FORWARD_WEBSOCKETS=false"}},
+}
+
+func logLine(n *controlplane.Node, i int) string {
+	return fmt.Sprintf("log line %d of default/%s/app on node %s", i, n.Pod, n.Name)
+}
+
+// TestEdgeNodesUnreachableFromCloud shows the premise of every other test:
+// the host (the cloud side, where kube-apiserver runs) cannot open a
+// connection to an edge node's kubelet, while the kubelet is serving for
+// anyone inside the node.
+func TestEdgeNodesUnreachableFromCloud(t *testing.T) {
+	setup(t)
+	c := controlplane.NewCluster(t, tools, controlplane.Options{})
+	for _, n := range c.Nodes {
+		addr := net.JoinHostPort(n.Addr.String(), strconv.Itoa(controlplane.KubeletPort))
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			t.Errorf("the host opened a connection to %s (kubelet of %s); the edge node's firewall should drop it", addr, n.Name)
+		} else {
+			t.Logf("host -> %s: %v (as intended)", addr, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		conn, err = n.DialContext(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			t.Errorf("from inside %s, %s is not reachable either (%v): the test above proves nothing", n.Name, addr, err)
+		} else {
+			conn.Close()
+		}
+	}
+}
+
+// TestKubectl runs kubectl logs, logs -f, exec, attach and port-forward
+// (WebSocket and SPDY) and node proxy requests against a pod on every edge
+// node, through each egress mode of kube-apiserver.
+func TestKubectl(t *testing.T) {
+	setup(t)
+	c := controlplane.NewCluster(t, tools, controlplane.Options{})
+	for _, mode := range controlplane.EgressModes {
+		t.Run(mode.Name, func(t *testing.T) {
+			start := time.Now()
+			_, k := c.StartAPIServer(t, mode)
+			t.Logf("kube-apiserver (%s) up and nodes registered in %s", mode.Name, time.Since(start).Round(time.Millisecond))
+			for _, n := range c.Nodes {
+				t.Run(n.Name, func(t *testing.T) { kubectlSuite(t, k, n) })
+			}
+		})
+	}
+}
+
+func kubectlSuite(t *testing.T, k *controlplane.Kubectl, n *controlplane.Node) {
+	t.Run("logs", func(t *testing.T) {
+		r := k.Run(controlplane.RunOptions{}, "logs", n.Pod)
+		want := strings.Join([]string{logLine(n, 1), logLine(n, 2), logLine(n, 3)}, "\n") + "\n"
+		if r.ExitCode != 0 || r.Stdout != want {
+			t.Errorf("want stdout %q, exit 0; got %s", want, r)
+		}
+	})
+	t.Run("logs-follow", func(t *testing.T) {
+		s := k.Start(t, nil, "logs", "-f", n.Pod)
+		// Lines after the third are written while kubectl follows.
+		want := logLine(n, 6)
+		s.WaitLine(t, 15*time.Second, "followed line "+strconv.Quote(want), func(l string) bool { return l == want })
+	})
+	t.Run("node-proxy", func(t *testing.T) {
+		for path, want := range map[string]string{
+			"/api/v1/nodes/" + n.Name + "/proxy/healthz":    "ok", // kubelet port, HTTPS
+			"/api/v1/nodes/" + n.Name + ":10255/proxy/pods": `"kind":"PodList"`,
+		} {
+			r := k.Run(controlplane.RunOptions{}, "get", "--raw", path)
+			if r.ExitCode != 0 || !strings.Contains(r.Stdout, want) {
+				t.Errorf("want stdout containing %q, exit 0; got %s", want, r)
+			}
+		}
+	})
+	for _, proto := range streamProtocols {
+		t.Run("exec-"+proto.name, func(t *testing.T) {
+			r := k.Run(controlplane.RunOptions{Stdin: "hello through the tunnel\n", Env: proto.env},
+				"exec", "-i", n.Pod, "-c", "app", "--",
+				"sh", "-c", `cat; echo "node=$NODE_NAME pod=$POD"; echo to-stderr >&2; exit 7`)
+			wantOut := "hello through the tunnel\nnode=" + n.Name + " pod=default/" + n.Pod + "\n"
+			if r.Err != nil || r.ExitCode != 7 || r.Stdout != wantOut || !strings.Contains(r.Stderr, "to-stderr") {
+				t.Errorf("want stdout %q, stderr with \"to-stderr\", exit code 7 (the command's); got %s", wantOut, r)
+			}
+		})
+		t.Run("attach-"+proto.name, func(t *testing.T) {
+			r := k.Run(controlplane.RunOptions{Stdin: "ping over attach\n", Env: proto.env}, "attach", "-i", n.Pod, "-c", "app")
+			greeting := "attached to default/" + n.Pod + " container app on node " + n.Name
+			if r.ExitCode != 0 || !strings.Contains(r.Stdout, greeting) || !strings.Contains(r.Stdout, "ping over attach") {
+				t.Errorf("want stdout with %q and the echoed stdin, exit 0; got %s", greeting, r)
+			}
+		})
+		t.Run("port-forward-"+proto.name, func(t *testing.T) {
+			s := k.Start(t, proto.env, "port-forward", "--address", "127.0.0.1", "pod/"+n.Pod, ":"+strconv.Itoa(controlplane.LocalhostPort))
+			re := regexp.MustCompile(`^Forwarding from 127\.0\.0\.1:(\d+) -> ` + strconv.Itoa(controlplane.LocalhostPort))
+			line := s.WaitLine(t, 15*time.Second, "the local port", re.MatchString)
+			local := re.FindStringSubmatch(line)[1]
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			// Two requests, two connections: two streams over one forward.
+			for i := range 2 {
+				path := fmt.Sprintf("/through-port-forward/%d", i)
+				body, err := get(client, "http://127.0.0.1:"+local+path)
+				want := fmt.Sprintf("localhost on node %s: %s\n", n.Name, path)
+				if err != nil || body != want {
+					t.Fatalf("GET %s through kubectl port-forward: want %q, got %q, %v\nkubectl output:\n%s", path, want, body, err, s.Output())
+				}
+			}
+		})
+	}
+}
+
+// TestFaults kills and restarts the pieces a user will see fail: an agent
+// and the server. kubectl must get an error quickly rather than hang, and
+// everything must work again once the piece is back.
+func TestFaults(t *testing.T) {
+	setup(t)
+	c := controlplane.NewCluster(t, tools, controlplane.Options{})
+	_, k := c.StartAPIServer(t, controlplane.EgressModes[0])
+	victim, bystander := c.Nodes[0], c.Nodes[1]
+	logsWork := func(t *testing.T, n *controlplane.Node, within time.Duration) {
+		t.Helper()
+		var last controlplane.Result
+		deadline := time.Now().Add(within)
+		for {
+			last = k.Run(controlplane.RunOptions{Timeout: 20 * time.Second}, "logs", n.Pod)
+			if last.ExitCode == 0 && strings.HasPrefix(last.Stdout, logLine(n, 1)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("kubectl logs on %s does not work within %s; last attempt: %s", n.Name, within, last)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	logsWork(t, victim, 0)
+	logsWork(t, bystander, 0)
+
+	// The steps share one cluster, so they run in order in this test (an
+	// agent started in a subtest would be stopped at its end).
+	t.Log("step: kill the agent of " + victim.Name)
+	follow := k.Start(t, nil, "logs", "-f", victim.Pod)
+	follow.WaitLine(t, 15*time.Second, "the first log line", func(l string) bool { return l == logLine(victim, 1) })
+	killed := time.Now()
+	victim.Agent.Kill()
+	select {
+	case <-follow.Done():
+		t.Logf("kubectl logs -f ended %s after the agent was killed (%v)", time.Since(killed).Round(time.Millisecond), follow.Err())
+	case <-time.After(10 * time.Second):
+		t.Errorf("kubectl logs -f still runs 10 s after the agent of %s was killed; output:\n%s", victim.Name, follow.Output())
+	}
+	r := k.Run(controlplane.RunOptions{Timeout: 40 * time.Second}, "logs", victim.Pod)
+	if r.ExitCode == 0 || r.Err != nil {
+		t.Errorf("kubectl logs on %s with its agent killed: want a kubectl error; got %s", victim.Name, r)
+	}
+	if r.Elapsed > 15*time.Second {
+		t.Errorf("kubectl logs on %s with its agent killed took %s to fail; want an error within seconds: %s", victim.Name, r.Elapsed, r)
+	}
+	t.Logf("kubectl logs on %s without its agent: exit %d after %s: %s", victim.Name, r.ExitCode, r.Elapsed.Round(time.Millisecond), strings.TrimSpace(r.Stderr))
+	logsWork(t, bystander, 0)
+
+	t.Log("step: restart the agent of " + victim.Name)
+	c.StartAgent(t, victim)
+	c.Server.WaitAgents(t, 2)
+	logsWork(t, victim, 10*time.Second)
+
+	t.Log("step: restart edge-tunnel-server")
+	c.Server.Restart(t)
+	c.Server.WaitAgents(t, 2)
+	for _, n := range c.Nodes {
+		logsWork(t, n, 10*time.Second)
+	}
+	r = k.Run(controlplane.RunOptions{Stdin: "after restart\n"}, "exec", "-i", victim.Pod, "--", "cat")
+	if r.ExitCode != 0 || r.Stdout != "after restart\n" {
+		t.Errorf("kubectl exec after the server restart: want stdout %q; got %s", "after restart\n", r)
+	}
+}
+
+func get(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
+}

@@ -1,0 +1,37 @@
+// Package controlplane runs edge-tunnel under a real Kubernetes control
+// plane: etcd, kube-apiserver whose cluster egress goes through
+// edge-tunnel-server (GRPC or HTTPConnect, UNIX socket or TCP with mTLS),
+// the real kubectl, and edge nodes that the cloud side cannot reach: each
+// node is a network namespace whose firewall drops inbound connections,
+// running edge-tunnel-agent (which dials out to the server) and a kubelet
+// stand-in built on the kubelet's own streaming code.
+//
+// The Kubernetes programs come from the separate modules under e2e/tools,
+// so edge-tunnel's go.mod never depends on k8s.io/kubernetes; BuildTools
+// builds them once and caches them by version (see CacheDir).
+//
+// The tests need root (network namespaces, nftables) and run only when
+// E2E_CONTROLPLANE=1, which `make e2e` (hack/e2e.sh) sets; a plain
+// `go test ./...` skips them, saying so.
+package controlplane
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
+)
+
+// EnableEnv is the variable that switches the tests on.
+const EnableEnv = "E2E_CONTROLPLANE"
+
+// SkipReason says why the control-plane tests cannot run here, or "".
+func SkipReason() string {
+	if os.Getenv(EnableEnv) != "1" {
+		return fmt.Sprintf("control-plane end-to-end tests run with `make e2e` (or %s=1 as root); they build kube-apiserver once (about 5 minutes) and need network namespaces", EnableEnv)
+	}
+	if why := harness.NetworkTools(); why != "" {
+		return why
+	}
+	return ""
+}
