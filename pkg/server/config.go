@@ -30,6 +30,15 @@ type Config struct {
 	AgentAddr string
 	AgentTLS  *tls.Config
 
+	// ProxyAddr is host:port of the HTTP proxy for components configured
+	// with HTTPS_PROXY/HTTP_PROXY or a Prometheus proxy_url (pkg/httpproxy).
+	// Empty disables it. Without ProxyTLS it is plain HTTP and not
+	// authenticated: only the cloud components that need it may reach it.
+	ProxyAddr string
+	// ProxyTLS, when set, makes the proxy speak HTTPS; with ClientCAs and
+	// RequireAndVerifyClientCert it authenticates its clients.
+	ProxyTLS *tls.Config
+
 	// HealthAddr serves /healthz, /livez, /readyz and /metrics. Empty disables it.
 	HealthAddr string
 	// AdminAddr serves pprof. Empty disables it.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/frontend"
 	"github.com/edge-tunnel/edge-tunnel/pkg/health"
+	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
@@ -101,7 +102,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Addr returns the bound address of a listener ("frontend", "agent",
-// "health", "admin") once Run has bound it.
+// "proxy", "health", "admin") once Run has bound it.
 func (s *Server) Addr(name string) net.Addr {
 	s.addrMu.Lock()
 	defer s.addrMu.Unlock()
@@ -152,7 +153,13 @@ func (s *Server) Run(ctx context.Context) error {
 		closeAll()
 		return err
 	}
-	var healthLn, adminLn net.Listener
+	var proxyLn, healthLn, adminLn net.Listener
+	if s.cfg.ProxyAddr != "" {
+		if proxyLn, err = listen("proxy", "tcp", s.cfg.ProxyAddr); err != nil {
+			closeAll()
+			return err
+		}
+	}
 	if s.cfg.HealthAddr != "" {
 		if healthLn, err = listen("health", "tcp", s.cfg.HealthAddr); err != nil {
 			closeAll()
@@ -166,6 +173,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 
+	var proxy *httpproxy.Proxy
+	if proxyLn != nil {
+		proxy, err = httpproxy.New(httpproxy.Options{Dialer: s, Policy: s.proxyPolicy, DialTimeout: s.cfg.DialTimeout,
+			Name: "edge-tunnel-server", TLS: s.cfg.ProxyTLS, Log: s.log.WithName("http-proxy")})
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("setting up the HTTP proxy: %w", err)
+		}
+	}
 	connect := frontend.NewConnect(s, s.cfg.DialTimeout, s.log.WithName("connect"))
 	mux := frontend.NewMux(connect, s.log.WithName("frontend"))
 	feGRPC := grpc.NewServer(frontendServerOptions()...)
@@ -186,6 +202,13 @@ func (s *Server) Run(ctx context.Context) error {
 		goServe(func() { mux.Serve(feLn, frontendTLS(s.cfg.FrontendTLS)) })
 	}
 	goServe(func() { agentGRPC.Serve(agentLn) })
+	if proxy != nil {
+		goServe(func() {
+			if err := proxy.Serve(proxyLn); err != nil {
+				s.log.Error(err, "The HTTP proxy stopped")
+			}
+		})
+	}
 	if s.cfg.PortsFile != "" {
 		goServe(func() { s.watchPortsFile(ctx) })
 	}
@@ -201,7 +224,7 @@ func (s *Server) Run(ctx context.Context) error {
 		goServe(func() { hs.Serve(adminLn) })
 	}
 	s.log.Info("edge-tunnel-server is serving", "uds", s.cfg.UDSName, "frontend", s.cfg.FrontendAddr,
-		"agentPort", agentLn.Addr().String(), "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
+		"agentPort", agentLn.Addr().String(), "proxy", s.cfg.ProxyAddr, "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
 		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams)
 	s.ready.Store(true)
 
@@ -215,6 +238,16 @@ func (s *Server) Run(ctx context.Context) error {
 		feLn.Close()
 	}
 	mux.Close()
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancelGrace()
+	proxyStopped := make(chan struct{})
+	go func() {
+		// Shutdown closes what is left when the grace period ends.
+		if proxy != nil {
+			proxy.Shutdown(graceCtx)
+		}
+		close(proxyStopped)
+	}()
 	stopped := make(chan struct{})
 	go func() {
 		feGRPC.GracefulStop()
@@ -229,6 +262,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	feGRPC.Stop()
 	agentGRPC.Stop()
+	cancelGrace()
+	<-proxyStopped
 	for _, hs := range httpServers {
 		hs.Close()
 	}

@@ -56,7 +56,7 @@ func run(ctx context.Context, cfg server.Config) error {
 		return fmt.Errorf("setting up the server: %w", err)
 	}
 	klog.InfoS("Starting "+name, "version", version.Get().GitVersion, "serverID", cfg.ServerID,
-		"serverCount", cfg.ServerCount, "uds", cfg.UDSName, "frontend", cfg.FrontendAddr, "agents", cfg.AgentAddr,
+		"serverCount", cfg.ServerCount, "uds", cfg.UDSName, "frontend", cfg.FrontendAddr, "agents", cfg.AgentAddr, "proxy", cfg.ProxyAddr,
 		"health", cfg.HealthAddr, "admin", cfg.AdminAddr, "directDial", cfg.DirectDial)
 	return cli.Stopped(ctx, name, "the server", srv.Run(ctx))
 }

@@ -51,6 +51,14 @@ type Options struct {
 	DirectDial  bool
 	PortsConfig string
 
+	// HTTP proxy for HTTPS_PROXY/HTTP_PROXY clients (metrics-server,
+	// Prometheus proxy_url).
+	ProxyBindAddress string
+	ProxyPort        int
+	ProxyCert        string
+	ProxyKey         string
+	ProxyCACert      string
+
 	// Health and admin endpoints.
 	HealthBindAddress string
 	HealthPort        int
@@ -143,6 +151,13 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
 	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
 
+	fs = fss.FlagSet("http proxy")
+	fs.StringVar(&o.ProxyBindAddress, "proxy-bind-address", o.ProxyBindAddress, "Address of the HTTP proxy. Empty means all interfaces.")
+	fs.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the HTTP proxy for components configured with HTTPS_PROXY/HTTP_PROXY or a Prometheus proxy_url: CONNECT to every forwarded port, plain requests (GET http://NODE_IP:PORT/...) to plain-HTTP ports. 0 disables it; 8099 is the suggested port. Without --proxy-ca-cert it does not authenticate its clients, so only the cloud components that need it may reach it (a ClusterIP Service and a NetworkPolicy).")
+	fs.StringVar(&o.ProxyCert, "proxy-cert", o.ProxyCert, "Certificate of the HTTP proxy (PEM). With --proxy-key, the proxy speaks HTTPS; empty means plain HTTP.")
+	fs.StringVar(&o.ProxyKey, "proxy-key", o.ProxyKey, "Private key of --proxy-cert (PEM).")
+	fs.StringVar(&o.ProxyCACert, "proxy-ca-cert", o.ProxyCACert, "CA bundle that verifies client certificates on the HTTP proxy; when set, clients without a certificate from it are refused. Needs --proxy-cert and --proxy-key.")
+
 	fs = fss.FlagSet("health and admin")
 	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
@@ -170,6 +185,7 @@ func (o *Options) Validate() []error {
 	for _, err := range []error{
 		cli.CheckPort("--server-port", o.ServerPort, true),
 		cli.CheckPort("--agent-port", o.AgentPort, false),
+		cli.CheckPort("--proxy-port", o.ProxyPort, true),
 		cli.CheckPort("--health-port", o.HealthPort, true),
 		cli.CheckPort("--admin-port", o.AdminPort, true),
 	} {
@@ -185,6 +201,12 @@ func (o *Options) Validate() []error {
 		if o.ServerCACert == "" {
 			add("the TCP frontend (--server-port=%d) needs --server-ca-cert: it opens connections into every edge node, so it only serves clients with a certificate from that CA (kube-apiserver's egress client certificate); set it, or set --server-port=0 and use --uds-name", o.ServerPort)
 		}
+	}
+	if (o.ProxyCert == "") != (o.ProxyKey == "") {
+		add("--proxy-cert and --proxy-key go together: set both for an HTTPS proxy, or neither for plain HTTP")
+	}
+	if o.ProxyCACert != "" && (o.ProxyCert == "" || o.ProxyKey == "") {
+		add("--proxy-ca-cert authenticates clients over TLS, so it needs --proxy-cert and --proxy-key")
 	}
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
@@ -210,6 +232,12 @@ func (o *Options) Warnings() []string {
 	}
 	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
 		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
+	}
+	if o.ProxyPort != 0 && o.ProxyCACert == "" {
+		ws = append(ws, fmt.Sprintf("the HTTP proxy on port %d does not authenticate its clients (no --proxy-ca-cert): anyone who reaches it reaches every forwarded edge-node port; make it reachable only from the components that need it (a ClusterIP Service and a NetworkPolicy)", o.ProxyPort))
+	}
+	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
+		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
 	}
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
@@ -243,6 +271,15 @@ func (o *Options) Config() (server.Config, error) {
 		cfg.FrontendTLS, err = tlsutil.ServerConfig(o.ServerCert, o.ServerKey, o.ServerCACert)
 		if err != nil {
 			return server.Config{}, fmt.Errorf("TLS of the TCP frontend (--server-cert, --server-key, --server-ca-cert): %w", err)
+		}
+	}
+	if o.ProxyPort != 0 {
+		cfg.ProxyAddr = cli.JoinHostPort(o.ProxyBindAddress, o.ProxyPort)
+		if o.ProxyCert != "" {
+			cfg.ProxyTLS, err = tlsutil.ServerConfig(o.ProxyCert, o.ProxyKey, o.ProxyCACert)
+			if err != nil {
+				return server.Config{}, fmt.Errorf("TLS of the HTTP proxy (--proxy-cert, --proxy-key, --proxy-ca-cert): %w", err)
+			}
 		}
 	}
 	cfg.AgentTLS, err = tlsutil.ServerConfig(o.ClusterCert, o.ClusterKey, o.ClusterCACert)

@@ -33,6 +33,8 @@ func TestDefaults(t *testing.T) {
 		"HealthPort":        o.HealthPort == 8092,
 		"AdminBindAddress":  o.AdminBindAddress == "127.0.0.1",
 		"AdminPort":         o.AdminPort == 8095,
+		"ProxyBindAddress":  o.ProxyBindAddress == "",
+		"ProxyPort":         o.ProxyPort == 0,
 		"ServerID":          o.ServerID == "",
 		"ServerCount":       o.ServerCount == 1,
 		"KeepaliveTime":     o.KeepaliveTime == 30*time.Second,
@@ -51,7 +53,7 @@ func TestDefaults(t *testing.T) {
 func TestFlagSectionsAndNames(t *testing.T) {
 	o := NewOptions()
 	fss := o.Flags()
-	wantOrder := []string{"frontend", "agent connections", "dialing", "health and admin", "logging"}
+	wantOrder := []string{"frontend", "agent connections", "dialing", "http proxy", "health and admin", "logging"}
 	if strings.Join(fss.Order, ",") != strings.Join(wantOrder, ",") {
 		t.Errorf("sections = %q, want %q", fss.Order, wantOrder)
 	}
@@ -59,6 +61,7 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"uds-name", "uds-mode", "server-bind-address", "server-port", "server-cert", "server-key", "server-ca-cert",
 		"agent-bind-address", "agent-port", "cluster-cert", "cluster-key", "cluster-ca-cert",
 		"health-bind-address", "health-port", "admin-bind-address", "admin-port",
+		"proxy-bind-address", "proxy-port", "proxy-cert", "proxy-key", "proxy-ca-cert",
 		"server-id", "server-count", "keepalive-time", "dial-timeout", "direct-dial", "conn-streams",
 		"v", "vmodule", "logging-format",
 		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
@@ -120,6 +123,10 @@ func TestValidate(t *testing.T) {
 		{"port range", append(append([]string{"--health-port=70000"}, tcp...), certs...), []string{"--health-port=70000: not a port; give 1..65535, or 0"}},
 		{"server count", append(append([]string{"--server-count=0"}, tcp...), certs...), []string{"--server-count=0"}},
 		{"durations", append(append([]string{"--keepalive-time=0s", "--dial-timeout=-1s"}, tcp...), certs...), []string{"--keepalive-time", "--dial-timeout"}},
+		{"proxy port range", append(append([]string{"--proxy-port=-1"}, tcp...), certs...), []string{"--proxy-port=-1: not a port"}},
+		{"proxy cert without key", append(append([]string{"--proxy-port=8099", "--proxy-cert=c"}, tcp...), certs...), []string{"--proxy-cert and --proxy-key go together"}},
+		{"proxy CA without cert", append(append([]string{"--proxy-port=8099", "--proxy-ca-cert=ca"}, tcp...), certs...), []string{"--proxy-ca-cert authenticates clients over TLS"}},
+		{"plain proxy", append(append([]string{"--proxy-port=8099"}, tcp...), certs...), nil},
 		{"defaults", nil, []string{"needs --server-cert", "needs --server-ca-cert", "--cluster-cert"}},
 	}
 	for _, tc := range cases {
@@ -142,6 +149,14 @@ func TestWarnings(t *testing.T) {
 	if ws := o.Warnings(); len(ws) != 0 {
 		t.Errorf("unexpected warnings: %q", ws)
 	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-port=8099")
+	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "HTTP proxy on port 8099 does not authenticate its clients") {
+		t.Errorf("warnings lack the unauthenticated proxy:\n%s", got)
+	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-cert=c")
+	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "unused because --proxy-port=0") {
+		t.Errorf("warnings lack the unused proxy certificate:\n%s", got)
+	}
 }
 
 func TestConfig(t *testing.T) {
@@ -152,6 +167,7 @@ func TestConfig(t *testing.T) {
 		"--server-bind-address=10.0.0.1", "--server-cert="+cert, "--server-key="+key, "--server-ca-cert="+ca,
 		"--agent-bind-address=::", "--cluster-cert="+cert, "--cluster-key="+key, "--cluster-ca-cert="+ca,
 		"--health-port=0", "--admin-port=9000",
+		"--proxy-bind-address=10.0.0.2", "--proxy-port=8099", "--proxy-cert="+cert, "--proxy-key="+key, "--proxy-ca-cert="+ca,
 		"--server-count=3", "--keepalive-time=1m", "--dial-timeout=3s", "--direct-dial=false", "--conn-streams=false",
 	)
 	if errs := o.Validate(); len(errs) != 0 {
@@ -171,6 +187,7 @@ func TestConfig(t *testing.T) {
 		{"AgentAddr", cfg.AgentAddr, "[::]:8091"},
 		{"HealthAddr", cfg.HealthAddr, ""},
 		{"AdminAddr", cfg.AdminAddr, "127.0.0.1:9000"},
+		{"ProxyAddr", cfg.ProxyAddr, "10.0.0.2:8099"},
 		{"ServerID", cfg.ServerID, "cloud-node-1"},
 		{"ServerCount", cfg.ServerCount, 3},
 		{"KeepaliveTime", cfg.KeepaliveTime, time.Minute},
@@ -187,7 +204,7 @@ func TestConfig(t *testing.T) {
 	// gets through, a client without one does not.
 	withCert := clitest.ClientTLS(t, ca, cert, key)
 	noCert := clitest.ClientTLS(t, ca, "", "")
-	for name, srv := range map[string]*tls.Config{"FrontendTLS": cfg.FrontendTLS, "AgentTLS": cfg.AgentTLS} {
+	for name, srv := range map[string]*tls.Config{"FrontendTLS": cfg.FrontendTLS, "AgentTLS": cfg.AgentTLS, "ProxyTLS": cfg.ProxyTLS} {
 		if srv == nil {
 			t.Errorf("%s is nil", name)
 			continue
@@ -210,6 +227,9 @@ func TestConfigUDSOnlyHasNoFrontendAddr(t *testing.T) {
 	}
 	if cfg.FrontendAddr != "" || cfg.FrontendTLS != nil {
 		t.Errorf("TCP frontend configured although --server-port=0: %q %v", cfg.FrontendAddr, cfg.FrontendTLS)
+	}
+	if cfg.ProxyAddr != "" || cfg.ProxyTLS != nil {
+		t.Errorf("HTTP proxy configured although --proxy-port=0: %q %v", cfg.ProxyAddr, cfg.ProxyTLS)
 	}
 	if cfg.AgentAddr != ":8091" || cfg.HealthAddr != ":8092" || cfg.AdminAddr != "127.0.0.1:8095" {
 		t.Errorf("addresses = %q %q %q", cfg.AgentAddr, cfg.HealthAddr, cfg.AdminAddr)
