@@ -22,7 +22,7 @@ LDFLAGS := -X $(VERSION_PKG).gitVersion=$(GIT_VERSION) \
 	-X $(VERSION_PKG).gitTreeState=$(GIT_TREE_STATE) \
 	-X $(VERSION_PKG).buildDate=$(BUILD_DATE)
 
-COMMANDS := edge-tunnel-server edge-tunnel-agent
+COMMANDS := edge-tunnel-server edge-tunnel-agent edge-tunnel-proxy
 
 # Go files of this repository, without the tool cache.
 GO_FILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*')
