@@ -27,6 +27,9 @@ type FileSource struct {
 	Interval time.Duration
 }
 
+// String names the source in logs and on the admin page.
+func (f *FileSource) String() string { return "file " + f.Path }
+
 // Run calls apply with the data read at start and again after every change,
 // until ctx ends. data is nil when the path does not exist. A read error
 // keeps the last good data and is passed to report; report(nil) follows

@@ -107,6 +107,9 @@ func (k *KubeSource) Run(ctx context.Context, apply func(data map[string]string)
 	}
 }
 
+// listTimeout bounds one list request.
+const listTimeout = 10 * time.Second
+
 func (k *KubeSource) selector() string {
 	return fields.OneTermEqualSelector("metadata.name", k.Name).String()
 }
@@ -114,6 +117,10 @@ func (k *KubeSource) selector() string {
 // get lists the ConfigMap by name. It returns its data (nil when absent)
 // and the list's resourceVersion to watch from.
 func (k *KubeSource) get(ctx context.Context) (map[string]string, string, error) {
+	// Bounded, so that an API that accepts connections but never answers
+	// is reported too, not waited for in silence.
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
 	list, err := k.Client.CoreV1().ConfigMaps(k.Namespace).List(ctx, metav1.ListOptions{FieldSelector: k.selector()})
 	if err != nil {
 		return nil, "", fmt.Errorf("listing %s: %w", k, err)

@@ -68,6 +68,10 @@ type Config struct {
 	// PortsFile, when set, is a mounted ConfigMap directory or a file with
 	// its data, re-read when it changes (--ports-config).
 	PortsFile string
+	// PortsKube, when set, follows ConfigMap edge-tunnel-server-cfg through
+	// the Kubernetes API (--kubeconfig or in-cluster, --ports-configmap).
+	// At most one of PortsFile and PortsKube may be set.
+	PortsKube *ports.KubeSource
 
 	// Registry receives the server's metrics; nil means a private registry.
 	Registry *prometheus.Registry

@@ -47,7 +47,8 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	return ln, nil
 }
 
-// healthHandler serves the health port. Ready means every listener is up.
+// healthHandler serves the health port. Ready means every listener is up;
+// a port configuration that cannot be read is a non-failing detail.
 // Connected agents are reported (edge_tunnel_server_connected_agents) but
 // not required: a server with no agents yet must still be in the load
 // balancer to receive them.
@@ -57,6 +58,6 @@ func (s *Server) healthHandler() http.Handler {
 			return errors.New("listeners are not up (starting or shutting down)")
 		}
 		return nil
-	}}}
+	}}, s.portsCheck()}
 	return health.Handler(nil, ready, s.reg)
 }

@@ -24,7 +24,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/frontend"
-	"github.com/edge-tunnel/edge-tunnel/pkg/health"
 	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
@@ -44,6 +43,8 @@ type Server struct {
 	bytesIn, bytesOut prometheus.Counter
 
 	ready atomic.Bool
+	// portsStatus is shown by /ports and the ports-config readiness detail.
+	portsStatus portsStatus
 	// Addresses actually bound, for tests that ask for port 0.
 	addrMu sync.Mutex
 	addrs  map[string]net.Addr
@@ -95,9 +96,14 @@ func New(cfg Config) (*Server, error) {
 		addrs:    map[string]net.Addr{},
 	}
 	s.router = router.New(s.agents, cfg.DirectDial)
+	if cfg.PortsFile != "" && cfg.PortsKube != nil {
+		return nil, errTwoPortSources
+	}
 	if cfg.Ports != nil {
 		s.router.SetPorts(cfg.Ports)
 	}
+	m.PortsGeneration.Set(float64(s.router.Ports().Generation))
+	s.portsStatus.applied = time.Now()
 	return s, nil
 }
 
@@ -209,8 +215,8 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		})
 	}
-	if s.cfg.PortsFile != "" {
-		goServe(func() { s.watchPortsFile(ctx) })
+	if src := s.portsSource(); src != nil {
+		goServe(func() { s.watchPorts(ctx, src) })
 	}
 	httpServers := []*http.Server{}
 	if healthLn != nil {
@@ -219,7 +225,7 @@ func (s *Server) Run(ctx context.Context) error {
 		goServe(func() { hs.Serve(healthLn) })
 	}
 	if adminLn != nil {
-		hs := &http.Server{Handler: health.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		httpServers = append(httpServers, hs)
 		goServe(func() { hs.Serve(adminLn) })
 	}
