@@ -16,10 +16,16 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
+	"k8s.io/component-base/version"
+	"k8s.io/klog/v2"
 
 	"github.com/edge-tunnel/edge-tunnel/internal/cli"
+	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
 )
@@ -49,7 +55,12 @@ type Options struct {
 	// Dialing.
 	DialTimeout time.Duration
 	DirectDial  bool
-	PortsConfig string
+
+	// Edge-node port policy: ConfigMap edge-tunnel-server-cfg through the
+	// API (Kubeconfig, or in-cluster in a pod) or from a file (PortsConfig).
+	PortsConfig    string
+	PortsConfigMap string
+	Kubeconfig     string
 
 	// HTTP proxy for HTTPS_PROXY/HTTP_PROXY clients (metrics-server,
 	// Prometheus proxy_url).
@@ -84,7 +95,6 @@ type deprecatedFlags struct {
 	authenticationAudience string
 	agentNamespace         string
 	agentServiceAccount    string
-	kubeconfig             string
 }
 
 // NewOptions returns the defaults.
@@ -98,6 +108,7 @@ func NewOptions() *Options {
 		ConnStreams:      true,
 		DialTimeout:      10 * time.Second,
 		DirectDial:       true,
+		PortsConfigMap:   ports.DefaultNamespace + "/" + ports.DefaultName,
 		HealthPort:       8092,
 		AdminBindAddress: "127.0.0.1",
 		AdminPort:        8095,
@@ -141,13 +152,13 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.MarkDeprecated("agent-namespace", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
 	fs.StringVar(&o.deprecated.agentServiceAccount, "agent-service-account", "", "")
 	fs.MarkDeprecated("agent-service-account", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
-	fs.StringVar(&o.deprecated.kubeconfig, "kubeconfig", "", "")
-	fs.MarkDeprecated("kubeconfig", "ignored: it only served ServiceAccount token review of agents, which edge-tunnel replaces with client certificates verified against --cluster-ca-cert.")
 
 	fs = fss.FlagSet("dialing")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long a dial through an agent, or a direct dial, may take before the client gets an error.")
 	fs.BoolVar(&o.DirectDial, "direct-dial", o.DirectDial, "Dial destinations that no agent serves from the server itself. Needed when kube-apiserver sends all egress through the tunnel: admission webhooks and aggregated APIs (metrics-server) live in the cloud.")
-	fs.StringVar(&o.PortsConfig, "ports-config", o.PortsConfig, "Edge-node port policy from the file system, re-read when it changes: a mounted ConfigMap edge-tunnel-server-cfg (a directory, one file per key) or a file with its data. Without it only ports 10250 and 10255 of edge nodes are forwarded.")
+	fs.StringVar(&o.PortsConfigMap, "ports-configmap", o.PortsConfigMap, "NAMESPACE/NAME of the ConfigMap with the edge-node port policy (see docs/ports.md), watched through the Kubernetes API with --kubeconfig, or with the pod's ServiceAccount when running in a pod; a change applies within 2 s. Needs get, list and watch on that one ConfigMap. Empty turns the watch off; --ports-config replaces it. Without any port policy only ports 10250 and 10255 of edge nodes are forwarded.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file for the Kubernetes API, used only to watch --ports-configmap. Empty means the in-cluster config when running in a pod ($KUBERNETES_SERVICE_HOST set), else no API access.")
+	fs.StringVar(&o.PortsConfig, "ports-config", o.PortsConfig, "Edge-node port policy from the file system instead of the API, re-read when it changes: a mounted ConfigMap edge-tunnel-server-cfg (a directory, one file per key) or a file with its data. For setups without API access; when set, the ConfigMap is not watched through the API.")
 	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
 	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
 
@@ -220,6 +231,14 @@ func (o *Options) Validate() []error {
 	if o.DialTimeout <= 0 {
 		add("--dial-timeout=%v: must be positive (e.g. 10s)", o.DialTimeout)
 	}
+	if o.PortsConfigMap != "" {
+		if _, _, err := ports.ParseRef(o.PortsConfigMap); err != nil {
+			add("--ports-configmap=%q: %v; or empty to turn the API watch off", o.PortsConfigMap, err)
+		}
+	}
+	if o.PortsConfig != "" && o.Kubeconfig != "" && o.PortsConfigMap != "" {
+		add("--ports-config and --kubeconfig both give a source for the port policy: to watch ConfigMap %s through the API drop --ports-config; to read the file drop --kubeconfig", o.PortsConfigMap)
+	}
 	return errs
 }
 
@@ -238,6 +257,9 @@ func (o *Options) Warnings() []string {
 	}
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
+	}
+	if o.Kubeconfig != "" && o.PortsConfigMap == "" {
+		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty (the API is only used to watch the port policy)")
 	}
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
@@ -286,7 +308,50 @@ func (o *Options) Config() (server.Config, error) {
 	if err != nil {
 		return server.Config{}, fmt.Errorf("TLS of the agent port (--cluster-cert, --cluster-key, --cluster-ca-cert): %w", err)
 	}
+	if cfg.PortsKube, err = o.portsKube(); err != nil {
+		return server.Config{}, err
+	}
 	return cfg, nil
+}
+
+// portsKube builds the API source of the port policy: with --kubeconfig
+// when given, else in-cluster when running in a pod. nil means no API
+// source (--ports-config is used, --ports-configmap is empty, or there is
+// no API to talk to).
+//
+// A pod without a ServiceAccount token (a static pod, say) is not an
+// error: the server starts with the default policy and logs why, so that a
+// manifest that worked before keeps working.
+func (o *Options) portsKube() (*ports.KubeSource, error) {
+	if o.PortsConfig != "" || o.PortsConfigMap == "" {
+		return nil, nil
+	}
+	ns, name, err := ports.ParseRef(o.PortsConfigMap)
+	if err != nil {
+		return nil, fmt.Errorf("--ports-configmap=%q: %w", o.PortsConfigMap, err)
+	}
+	var rc *rest.Config
+	switch {
+	case o.Kubeconfig != "":
+		if rc, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig); err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", o.Kubeconfig, err)
+		}
+	case o.getenv("KUBERNETES_SERVICE_HOST") != "":
+		if rc, err = rest.InClusterConfig(); err != nil {
+			klog.Warningf("Not watching ConfigMap %s: running in a pod, but its in-cluster API config is unusable (%v); "+
+				"edge nodes get the default port policy. Mount a ServiceAccount token or pass --kubeconfig, or use --ports-config", o.PortsConfigMap, err)
+			return nil, nil
+		}
+	default:
+		return nil, nil
+	}
+	rc = rest.CopyConfig(rc)
+	rc.UserAgent = "edge-tunnel-server/" + version.Get().GitVersion
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("a Kubernetes client for --ports-configmap (--kubeconfig %q): %w", o.Kubeconfig, err)
+	}
+	return &ports.KubeSource{Client: client, Namespace: ns, Name: name}, nil
 }
 
 // serverID is --server-id, else $PROXY_SERVER_ID (upstream's variable), else

@@ -41,6 +41,9 @@ func TestDefaults(t *testing.T) {
 		"DialTimeout":       o.DialTimeout == 10*time.Second,
 		"DirectDial":        o.DirectDial,
 		"ConnStreams":       o.ConnStreams,
+		"PortsConfigMap":    o.PortsConfigMap == "kube-system/edge-tunnel-server-cfg",
+		"PortsConfig":       o.PortsConfig == "",
+		"Kubeconfig":        o.Kubeconfig == "",
 		"Logging.Format":    o.Logging.Format == "text",
 	}
 	for name, ok := range want {
@@ -63,9 +66,10 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"health-bind-address", "health-port", "admin-bind-address", "admin-port",
 		"proxy-bind-address", "proxy-port", "proxy-cert", "proxy-key", "proxy-ca-cert",
 		"server-id", "server-count", "keepalive-time", "dial-timeout", "direct-dial", "conn-streams",
+		"ports-config", "ports-configmap", "kubeconfig",
 		"v", "vmodule", "logging-format",
 		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
-		"authentication-audience", "agent-namespace", "agent-service-account", "kubeconfig",
+		"authentication-audience", "agent-namespace", "agent-service-account",
 	} {
 		found := false
 		for _, fs := range fss.FlagSets {
@@ -84,13 +88,13 @@ func TestDeprecatedFlagsAreAcceptedAndExplained(t *testing.T) {
 		"--mode=http-connect", "--proxy-strategies=destHost,default", "--enable-profiling",
 		"--enable-contention-profiling", "--delete-existing-uds-file=true",
 		"--authentication-audience=system:konnectivity-server", "--agent-namespace=kube-system",
-		"--agent-service-account=konnectivity-agent", "--kubeconfig=/etc/kubernetes/konnectivity.conf",
+		"--agent-service-account=konnectivity-agent",
 		"--logtostderr=true",
 	)
 	for _, want := range []string{
 		"--mode has been deprecated, ignored: edge-tunnel serves gRPC and HTTP CONNECT on the same socket",
 		"--proxy-strategies has been deprecated",
-		"--kubeconfig has been deprecated",
+		"--agent-namespace has been deprecated",
 		"client certificates",
 	} {
 		if !strings.Contains(out, want) {
@@ -127,6 +131,10 @@ func TestValidate(t *testing.T) {
 		{"proxy cert without key", append(append([]string{"--proxy-port=8099", "--proxy-cert=c"}, tcp...), certs...), []string{"--proxy-cert and --proxy-key go together"}},
 		{"proxy CA without cert", append(append([]string{"--proxy-port=8099", "--proxy-ca-cert=ca"}, tcp...), certs...), []string{"--proxy-ca-cert authenticates clients over TLS"}},
 		{"plain proxy", append(append([]string{"--proxy-port=8099"}, tcp...), certs...), nil},
+		{"bad configmap ref", append(append([]string{"--ports-configmap=edge-tunnel-server-cfg"}, tcp...), certs...), []string{`--ports-configmap="edge-tunnel-server-cfg": want NAMESPACE/NAME`}},
+		{"no configmap watch", append(append([]string{"--ports-configmap="}, tcp...), certs...), nil},
+		{"two port sources", append(append([]string{"--ports-config=/etc/ports", "--kubeconfig=/etc/kubeconfig"}, tcp...), certs...), []string{"--ports-config and --kubeconfig both give a source"}},
+		{"file, watch off", append(append([]string{"--ports-config=/etc/ports", "--kubeconfig=/etc/kubeconfig", "--ports-configmap="}, tcp...), certs...), nil},
 		{"defaults", nil, []string{"needs --server-cert", "needs --server-ca-cert", "--cluster-cert"}},
 	}
 	for _, tc := range cases {
@@ -156,6 +164,10 @@ func TestWarnings(t *testing.T) {
 	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-cert=c")
 	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "unused because --proxy-port=0") {
 		t.Errorf("warnings lack the unused proxy certificate:\n%s", got)
+	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--kubeconfig=/k", "--ports-configmap=")
+	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "--kubeconfig is set but unused") {
+		t.Errorf("warnings lack the unused kubeconfig:\n%s", got)
 	}
 }
 
