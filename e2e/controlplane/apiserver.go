@@ -52,15 +52,15 @@ type APIServer struct {
 
 // startAPIServer starts kube-apiserver against the cluster's etcd with the
 // cluster egress going through the cluster's edge-tunnel-server in mode,
-// and waits until /readyz answers ok.
+// and waits until /readyz answers ok. Every kube-apiserver of a cluster
+// listens on the same port, so kubeconfigs stay valid across them.
 func (c *Cluster) startAPIServer(t testing.TB, mode EgressMode) *APIServer {
 	t.Helper()
 	dir := filepath.Join(c.dir, "apiserver-"+mode.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatalf("apiserver directory: %v", err)
 	}
-	port := harness.FreePorts(t, 1)[0]
-	a := &APIServer{Mode: mode, URL: "https://127.0.0.1:" + strconv.Itoa(port), caFile: c.certs.ClusterCA}
+	a := &APIServer{Mode: mode, URL: c.APIServerURL, Kubeconfig: c.Kubeconfig, MetricsKubeconfig: c.metricsKubeconfig, caFile: c.certs.ClusterCA}
 
 	transport := fmt.Sprintf("uds:\n        udsName: %s", c.Server.UDS)
 	if mode.TCP {
@@ -90,21 +90,23 @@ egressSelections:
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	a.Kubeconfig = writeKubeconfig(t, dir, "admin.kubeconfig", a.URL, c.certs.ClusterCA, adminToken)
-	a.MetricsKubeconfig = writeKubeconfig(t, dir, "metrics-server.kubeconfig", a.URL, c.certs.ClusterCA, metricsToken)
 
 	cs := c.certs
 	args := []string{
 		"--etcd-servers", c.EtcdURL,
 		"--bind-address", "127.0.0.1",
-		"--secure-port", strconv.Itoa(port),
+		// The address kube-apiserver publishes for itself (the kubernetes
+		// Service): the host's address on the edge network, not whatever
+		// address the machine has.
+		"--advertise-address", c.Net.HostAddr.String(),
+		"--secure-port", strconv.Itoa(c.apiPort),
 		"--tls-cert-file", cs.APIServerCert,
 		"--tls-private-key-file", cs.APIServerKey,
 		"--client-ca-file", cs.ClusterCA,
 		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
 		"--authorization-mode", "RBAC",
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file", cs.ServiceAccountKey,
+		"--service-account-key-file", cs.ServiceAccountPub,
 		"--service-account-signing-key-file", cs.ServiceAccountKey,
 		"--service-cluster-ip-range", "10.96.0.0/24",
 		"--egress-selector-config-file", filepath.Join(dir, "egress.yaml"),

@@ -48,14 +48,21 @@ type Options struct {
 type Cluster struct {
 	Tools   Tools
 	EtcdURL string
-	Server  *harness.Server
-	Net     *harness.EdgeNetwork
-	Nodes   []*Node
+	// APIServerURL is where every kube-apiserver of the cluster listens;
+	// Kubeconfig authenticates there as the admin (system:masters).
+	APIServerURL string
+	Kubeconfig   string
+	Server       *harness.Server
+	Net          *harness.EdgeNetwork
+	Nodes        []*Node
 
 	bins      harness.Binaries
 	tunnelPKI *harness.PKI
 	certs     *certs
 	dir       string
+
+	apiPort           int
+	metricsKubeconfig string
 }
 
 // Node is one edge node.
@@ -89,6 +96,10 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 		t.Fatalf("control-plane certificates: %v", err)
 	}
 	c.startEtcd(t)
+	c.apiPort = harness.FreePorts(t, 1)[0]
+	c.APIServerURL = "https://127.0.0.1:" + strconv.Itoa(c.apiPort)
+	c.Kubeconfig = writeKubeconfig(t, c.dir, "admin.kubeconfig", c.APIServerURL, c.certs.ClusterCA, adminToken)
+	c.metricsKubeconfig = writeKubeconfig(t, c.dir, "metrics-server.kubeconfig", c.APIServerURL, c.certs.ClusterCA, metricsToken)
 
 	c.Net = harness.NewEdgeNetwork(t, NetworkPrefix, subnet)
 	hostAddr := c.Net.HostAddr.String()

@@ -46,6 +46,7 @@ type certs struct {
 	FrontProxyKey    string
 
 	ServiceAccountKey string
+	ServiceAccountPub string
 }
 
 func newCerts(dir string) (*certs, error) {
@@ -110,13 +111,23 @@ func newCerts(dir string) (*certs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service-account key: %w", err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(saKey)
+	// kube-apiserver reads the signing key as "EC PRIVATE KEY" and the
+	// verification key as "PUBLIC KEY".
+	der, err := x509.MarshalECPrivateKey(saKey)
 	if err != nil {
 		return nil, fmt.Errorf("service-account key: %w", err)
 	}
+	pub, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("service-account public key: %w", err)
+	}
 	c.ServiceAccountKey = filepath.Join(dir, "sa.key")
-	if err := os.WriteFile(c.ServiceAccountKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	c.ServiceAccountPub = filepath.Join(dir, "sa.pub")
+	if err := os.WriteFile(c.ServiceAccountKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("write service-account key: %w", err)
+	}
+	if err := os.WriteFile(c.ServiceAccountPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
+		return nil, fmt.Errorf("write service-account public key: %w", err)
 	}
 	return c, nil
 }
