@@ -41,6 +41,7 @@ begin "install tools"
 command -v go >/dev/null || { echo "go not found (looked on PATH and in /usr/local/go/bin)" >&2; false; }
 go version
 apt_install iproute2 ip # network namespaces for the end-to-end tests
+apt_install curl curl # a real proxy client for the HTTP proxy end-to-end tests
 if [ "${VERIFY_PROTO:-0}" = 1 ]; then
   apt_install protobuf-compiler protoc
 fi

@@ -24,6 +24,7 @@ import (
 type Binaries struct {
 	Server string // edge-tunnel-server
 	Agent  string // edge-tunnel-agent
+	Proxy  string // edge-tunnel-proxy (the HTTP proxy sidecar)
 	// KonnV031 and KonnV037 are e2e/konnclient linked against
 	// konnectivity-client v0.31.2 (what kube-apiserver 1.35 links) and
 	// v0.37.0 (the newest).
@@ -75,6 +76,7 @@ func buildAll() (Binaries, error) {
 	b := Binaries{
 		Server:   filepath.Join(dir, "edge-tunnel-server"),
 		Agent:    filepath.Join(dir, "edge-tunnel-agent"),
+		Proxy:    filepath.Join(dir, "edge-tunnel-proxy"),
 		KonnV031: filepath.Join(dir, "konnclient-v031"),
 		KonnV037: filepath.Join(dir, "konnclient-v037"),
 	}
@@ -85,6 +87,7 @@ func buildAll() (Binaries, error) {
 	}{
 		{root, []string{"build", "-o", b.Server, "./cmd/edge-tunnel-server"}},
 		{root, []string{"build", "-o", b.Agent, "./cmd/edge-tunnel-agent"}},
+		{root, []string{"build", "-o", b.Proxy, "./cmd/edge-tunnel-proxy"}},
 		// konnclient is its own module so that its konnectivity-client
 		// version is not raised to the main module's by MVS.
 		{konnDir, []string{"build", "-o", b.KonnV031, "."}},

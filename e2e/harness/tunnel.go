@@ -27,6 +27,9 @@ type ServerOptions struct {
 	// --ports-config. Nil forwards the ephemeral port range, where the
 	// harness's targets listen, as plain HTTP ports.
 	Ports map[string]string
+	// HTTPProxy serves the server's HTTP proxy (--proxy-port) on a free
+	// loopback port, at Server.ProxyAddr.
+	HTTPProxy bool
 }
 
 // ephemeralPorts lists 32768-60999 (Linux's default local port range).
@@ -54,6 +57,8 @@ type Server struct {
 	AdminURL  string
 	// PortsFile is --ports-config; WritePorts changes it.
 	PortsFile string
+	// ProxyAddr is the HTTP proxy's host:port (ServerOptions.HTTPProxy).
+	ProxyAddr string
 
 	bin, logDir string
 	args        []string
@@ -86,7 +91,7 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 	if opts.AgentBindAddress == "" {
 		opts.AgentBindAddress = "127.0.0.1"
 	}
-	ports := FreePorts(t, 4)
+	ports := FreePorts(t, 5) // the fifth for the HTTP proxy
 	s := &Server{
 		UDS:          filepath.Join(shortTempDir(t), "tunnel.sock"),
 		FrontendAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
@@ -118,6 +123,10 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		"--server-id", opts.ID,
 		"--server-count", "1",
 		"-v", "2",
+	}
+	if opts.HTTPProxy {
+		s.ProxyAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[4]))
+		args = append(args, "--proxy-bind-address", "127.0.0.1", "--proxy-port", strconv.Itoa(ports[4]))
 	}
 	args = append(args, opts.ExtraArgs...)
 	s.bin, s.logDir, s.args = bins.Server, t.TempDir(), args
