@@ -41,7 +41,8 @@ type Config struct {
 
 	// HealthAddr serves /healthz, /livez, /readyz and /metrics. Empty disables it.
 	HealthAddr string
-	// AdminAddr serves pprof. Empty disables it.
+	// AdminAddr serves pprof and /ports (the port policy in effect). Empty
+	// disables it.
 	AdminAddr string
 
 	// ServerID identifies this replica to agents; ServerCount is the number

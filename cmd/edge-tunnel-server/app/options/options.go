@@ -172,7 +172,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs = fss.FlagSet("health and admin")
 	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
-	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof under /debug/pprof/).")
+	fs.StringVar(&o.AdminBindAddress, "admin-bind-address", o.AdminBindAddress, "Address of the admin endpoint (pprof under /debug/pprof/, the port policy in effect under /ports).")
 	fs.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "Port of the admin endpoint. 0 disables it.")
 	cli.AddDeprecatedProfilingFlags(fs, "admin-port")
 
