@@ -127,6 +127,10 @@ egressSelections:
 		"-v", "2",
 	}
 	a.Process = harness.StartProcess(t, "kube-apiserver-"+mode.Name, dir, c.Tools.KubeAPIServer, args...)
+	// Its graceful termination waits for open watches and proxied streams
+	// longer than the harness's stop grace; etcd keeps the state, so a
+	// kill (this cleanup runs before the harness's SIGTERM) loses nothing.
+	t.Cleanup(a.Kill)
 	if err := a.waitReady(60 * time.Second); err != nil {
 		t.Fatalf("kube-apiserver (%s) not ready: %v\n--- last lines of its log:\n%s", mode.Name, err, a.LogTail(40))
 	}

@@ -37,6 +37,10 @@ type Options struct {
 	// --ports-config (default: none, so only the kubelet ports are
 	// forwarded).
 	Ports map[string]string
+	// PortsFromAPI makes edge-tunnel-server watch ConfigMap
+	// kube-system/edge-tunnel-server-cfg through the cluster's kube-apiserver
+	// (--kubeconfig) instead of reading Ports from a file.
+	PortsFromAPI bool
 	// ServerArgs are extra edge-tunnel-server flags.
 	ServerArgs []string
 }
@@ -83,9 +87,6 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 	if opts.Nodes == 0 {
 		opts.Nodes = 2
 	}
-	if opts.Ports == nil {
-		opts.Ports = map[string]string{}
-	}
 	subnet := os.Getenv("E2E_SUBNET")
 	if subnet == "" {
 		subnet = DefaultSubnet
@@ -104,11 +105,15 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 	c.Net = harness.NewEdgeNetwork(t, NetworkPrefix, subnet)
 	hostAddr := c.Net.HostAddr.String()
 	c.tunnelPKI = harness.NewPKI(t, hostAddr)
-	c.Server = harness.StartServer(t, c.bins, c.tunnelPKI, harness.ServerOptions{
-		AgentBindAddress: hostAddr,
-		Ports:            opts.Ports,
-		ExtraArgs:        opts.ServerArgs,
-	})
+	serverOpts := harness.ServerOptions{AgentBindAddress: hostAddr, Ports: opts.Ports, ExtraArgs: opts.ServerArgs}
+	if opts.PortsFromAPI {
+		// The kubeconfig stays valid across the cluster's kube-apiservers;
+		// until one runs, the server keeps the default port policy.
+		serverOpts.Kubeconfig = c.Kubeconfig
+	} else if serverOpts.Ports == nil {
+		serverOpts.Ports = map[string]string{}
+	}
+	c.Server = harness.StartServer(t, c.bins, c.tunnelPKI, serverOpts)
 	for i := 1; i <= opts.Nodes; i++ {
 		name := "edge-" + strconv.Itoa(i)
 		n := &Node{EdgeNode: c.Net.AddNode(t, name), Pod: "web-" + name}

@@ -249,3 +249,78 @@ func get(c *http.Client, url string) (string, error) {
 	}
 	return string(b), err
 }
+
+// TestPortPolicy changes ConfigMap kube-system/edge-tunnel-server-cfg with
+// kubectl while everything runs: an edge-node port that is not configured
+// is refused with edge-tunnel-server's message, which the kubectl user
+// sees; once the ConfigMap names it, the same request works within
+// seconds (plain HTTP, TLS end to end, and a service listening only on the
+// node's loopback).
+func TestPortPolicy(t *testing.T) {
+	setup(t)
+	c := controlplane.NewCluster(t, tools, controlplane.Options{PortsFromAPI: true})
+	n := c.Nodes[0]
+	httpPath := fmt.Sprintf("/api/v1/nodes/%s:%d/proxy/metrics", n.Name, controlplane.ExtraHTTPPort)
+	tlsPath := fmt.Sprintf("/api/v1/nodes/https:%s:%d/proxy/secure", n.Name, controlplane.ExtraTLSPort)
+	localPath := fmt.Sprintf("/api/v1/nodes/%s:%d/proxy/local", n.Name, controlplane.LocalhostPort)
+	configMap := fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: edge-tunnel-server-cfg, namespace: kube-system}
+data:
+  http-proxy-ports: "%d"
+  https-proxy-ports: "%d"
+  localhost-proxy-ports: "10250, 10255, 10266, 10267, %d"
+`, controlplane.ExtraHTTPPort, controlplane.ExtraTLSPort, controlplane.LocalhostPort)
+
+	for _, mode := range controlplane.EgressModes {
+		t.Run(mode.Name, func(t *testing.T) {
+			_, k := c.StartAPIServer(t, mode)
+			k.MustRun(t, "delete", "configmap", "-n", "kube-system", "edge-tunnel-server-cfg", "--ignore-not-found")
+			// kube-apiserver dials the node by its address.
+			refused := fmt.Sprintf("port %d of edge node %q is not forwarded", controlplane.ExtraHTTPPort, n.Addr.String())
+			r := eventually(t, k, 15*time.Second, httpPath, func(r controlplane.Result) bool {
+				return r.ExitCode != 0 && strings.Contains(r.Stderr, refused)
+			})
+			if !strings.Contains(r.Stderr, "edge-tunnel-server-cfg") {
+				t.Errorf("the refusal does not tell the kubectl user which ConfigMap to change: %s", r)
+			}
+			t.Logf("unconfigured port, as kubectl shows it: %s", strings.TrimSpace(r.Stderr))
+
+			applied := time.Now()
+			k.Apply(t, configMap)
+			eventually(t, k, 15*time.Second, httpPath, func(r controlplane.Result) bool {
+				return r.ExitCode == 0 && r.Stdout == fmt.Sprintf("extra-http on node %s: /metrics\n", n.Name)
+			})
+			t.Logf("kubectl apply of the ConfigMap took effect within %s", time.Since(applied).Round(100*time.Millisecond))
+			for path, want := range map[string]string{
+				tlsPath:   fmt.Sprintf("extra-https on node %s: /secure\n", n.Name),
+				localPath: fmt.Sprintf("localhost on node %s: /local\n", n.Name),
+			} {
+				if r := k.Run(controlplane.RunOptions{}, "get", "--raw", path); r.ExitCode != 0 || r.Stdout != want {
+					t.Errorf("want stdout %q, exit 0; got %s", want, r)
+				}
+			}
+			// Removing the port again is not checked here: kube-apiserver
+			// keeps its proxy connections alive, and connections already
+			// open are not cut by a policy change (by design).
+		})
+	}
+}
+
+// eventually runs kubectl get --raw path until ok accepts the result, and
+// returns that result; it fails the test with the last result after
+// timeout.
+func eventually(t *testing.T, k *controlplane.Kubectl, timeout time.Duration, path string, ok func(controlplane.Result) bool) controlplane.Result {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r := k.Run(controlplane.RunOptions{Timeout: 20 * time.Second}, "get", "--raw", path)
+		if ok(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no expected answer within %s; last: %s", timeout, r)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

@@ -30,6 +30,10 @@ type ServerOptions struct {
 	// HTTPProxy serves the server's HTTP proxy (--proxy-port) on a free
 	// loopback port, at Server.ProxyAddr.
 	HTTPProxy bool
+	// Kubeconfig, when set, is --kubeconfig: the server takes the port
+	// policy from ConfigMap kube-system/edge-tunnel-server-cfg through the
+	// Kubernetes API instead of a file, and Ports must be nil.
+	Kubeconfig string
 }
 
 // ephemeralPorts lists 32768-60999 (Linux's default local port range).
@@ -55,7 +59,8 @@ type Server struct {
 	// HealthURL serves /readyz and /metrics; AdminURL serves pprof.
 	HealthURL string
 	AdminURL  string
-	// PortsFile is --ports-config; WritePorts changes it.
+	// PortsFile is --ports-config (empty with ServerOptions.Kubeconfig);
+	// WritePorts changes it.
 	PortsFile string
 	// ProxyAddr is the HTTP proxy's host:port (ServerOptions.HTTPProxy).
 	ProxyAddr string
@@ -99,13 +104,21 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		HealthURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		AdminURL:     fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
 	}
-	if opts.Ports == nil {
-		opts.Ports = map[string]string{"http-proxy-ports": ephemeralPorts()}
+	var args []string
+	if opts.Kubeconfig != "" {
+		if opts.Ports != nil {
+			t.Fatalf("harness: ServerOptions.Ports and Kubeconfig exclude each other (the server refuses --ports-config with --kubeconfig)")
+		}
+		args = append(args, "--kubeconfig", opts.Kubeconfig)
+	} else {
+		if opts.Ports == nil {
+			opts.Ports = map[string]string{"http-proxy-ports": ephemeralPorts()}
+		}
+		s.PortsFile = filepath.Join(t.TempDir(), "ports.yaml")
+		s.WritePorts(t, opts.Ports)
+		args = append(args, "--ports-config", s.PortsFile)
 	}
-	s.PortsFile = filepath.Join(t.TempDir(), "ports.yaml")
-	s.WritePorts(t, opts.Ports)
-	args := []string{
-		"--ports-config", s.PortsFile,
+	args = append(args,
 		"--uds-name", s.UDS,
 		"--server-bind-address", "127.0.0.1",
 		"--server-port", strconv.Itoa(ports[0]),
@@ -123,7 +136,7 @@ func StartServer(t testing.TB, bins Binaries, p *PKI, opts ServerOptions) *Serve
 		"--server-id", opts.ID,
 		"--server-count", "1",
 		"-v", "2",
-	}
+	)
 	if opts.HTTPProxy {
 		s.ProxyAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[4]))
 		args = append(args, "--proxy-bind-address", "127.0.0.1", "--proxy-port", strconv.Itoa(ports[4]))
