@@ -28,7 +28,11 @@ func TestMain(m *testing.M) {
 	skipReason = controlplane.SkipReason()
 	if skipReason == "" {
 		start := time.Now()
-		root, err := filepath.Abs(filepath.Join("..", ".."))
+		err := controlplane.Lock()
+		var root string
+		if err == nil {
+			root, err = filepath.Abs(filepath.Join("..", ".."))
+		}
 		if err == nil {
 			tools, err = controlplane.BuildTools(root)
 		}
@@ -323,4 +327,55 @@ func eventually(t *testing.T, k *controlplane.Kubectl, timeout time.Duration, pa
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// TestMetricsServer runs metrics-server with the edge-tunnel-proxy sidecar
+// and shows `kubectl top node` listing the edge nodes with what their
+// kubelets report: the scrapes go sidecar -> server -> agent -> kubelet,
+// and kube-apiserver reaches metrics-server (in the cloud) through the
+// cluster egress, which edge-tunnel-server dials directly.
+func TestMetricsServer(t *testing.T) {
+	setup(t)
+	c := controlplane.NewCluster(t, tools, controlplane.Options{})
+	for i, mode := range []controlplane.EgressMode{controlplane.EgressModes[0], controlplane.EgressModes[2]} {
+		via := []string{"uds", "mtls"}[i]
+		t.Run(mode.Name+"/sidecar-"+via, func(t *testing.T) {
+			_, k := c.StartAPIServer(t, mode)
+			c.StartMetricsServer(t, k, via)
+			start := time.Now()
+			var last controlplane.Result
+			for {
+				last = k.Run(controlplane.RunOptions{Timeout: 20 * time.Second}, "top", "node", "--no-headers")
+				if last.ExitCode == 0 && topShows(last.Stdout, c.Nodes) {
+					t.Logf("kubectl top node after %s:\n%s", time.Since(start).Round(100*time.Millisecond), last.Stdout)
+					return
+				}
+				if time.Since(start) > 90*time.Second {
+					t.Fatalf("kubectl top node does not list every edge node with 250m CPU and 300Mi memory within 90 s; last: %s", last)
+				}
+				time.Sleep(time.Second)
+			}
+		})
+	}
+}
+
+// topShows reports whether out (kubectl top node --no-headers) has a line
+// for every node with the stand-in's 250 millicores (±10) and 300Mi.
+// (Nodes report no capacity, so there are no percentage columns.)
+func topShows(out string, nodes []*controlplane.Node) bool {
+	for _, n := range nodes {
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || f[0] != n.Name {
+				continue
+			}
+			cpu, err := strconv.Atoi(strings.TrimSuffix(f[1], "m"))
+			found = err == nil && cpu >= 240 && cpu <= 260 && strings.Contains(line, "300Mi")
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }

@@ -18,6 +18,8 @@ package controlplane
 import (
 	"fmt"
 	"os"
+	"syscall"
+	"time"
 
 	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 )
@@ -34,4 +36,29 @@ func SkipReason() string {
 		return why
 	}
 	return ""
+}
+
+// LockPath is the machine-wide lock of control-plane test runs: they share
+// the edge network's names and subnet, so a second run on the same machine
+// (another checkout, a developer's run next to CI) must wait, or it would
+// remove the first run's namespaces.
+const LockPath = "/run/lock/edge-tunnel-e2e-controlplane.lock"
+
+// Lock takes LockPath, waiting for another run to finish. The lock goes
+// with the process, so a crashed run never leaves it behind.
+func Lock() error {
+	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", LockPath, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		return nil // f stays open, holding the lock, until the process ends
+	}
+	fmt.Fprintf(os.Stderr, "controlplane: another control-plane e2e run holds %s; waiting for it\n", LockPath)
+	start := time.Now()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", LockPath, err)
+	}
+	fmt.Fprintf(os.Stderr, "controlplane: got %s after %s\n", LockPath, time.Since(start).Round(time.Second))
+	return nil
 }
