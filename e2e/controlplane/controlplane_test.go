@@ -218,8 +218,11 @@ func TestFaults(t *testing.T) {
 	if r.ExitCode == 0 || r.Err != nil {
 		t.Errorf("kubectl logs on %s with its agent killed: want a kubectl error; got %s", victim.Name, r)
 	}
-	if r.Elapsed > 15*time.Second {
+	if r.Elapsed > 3*time.Second {
 		t.Errorf("kubectl logs on %s with its agent killed took %s to fail; want an error within seconds: %s", victim.Name, r.Elapsed, r)
+	}
+	if !strings.Contains(r.Stderr, "disconnected") {
+		t.Errorf("kubectl logs on %s with its agent killed: want the server's message that the agent disconnected; got %s", victim.Name, r)
 	}
 	t.Logf("kubectl logs on %s without its agent: exit %d after %s: %s", victim.Name, r.ExitCode, r.Elapsed.Round(time.Millisecond), strings.TrimSpace(r.Stderr))
 	logsWork(t, bystander, 0)

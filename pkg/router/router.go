@@ -29,6 +29,11 @@ type Agents interface {
 	// Lookup returns the best agent for the normalized host key
 	// (identity.NormalizeHost), or false when no connected agent has it.
 	Lookup(hostKey string) (Backend, bool)
+	// Departed reports the agent that last served the host key when none
+	// serves it now, and since when: such a host is an edge node, so it is
+	// refused at once rather than dialed directly (which would only time
+	// out, the edge being unreachable from the cloud).
+	Departed(hostKey string) (agentID string, since time.Time, ok bool)
 }
 
 // Kind says how a Route is dialed.
@@ -115,6 +120,11 @@ func (r *Router) Route(address string) (Route, error) {
 			address = net.JoinHostPort("127.0.0.1", portStr)
 		}
 		return Route{Kind: ViaAgent, Address: address, Agent: b}, nil
+	}
+	if id, since, ok := r.agents.Departed(key); ok {
+		return Route{}, tunnel.Errorf(tunnel.KindUnavailable,
+			"edge-tunnel-server: edge-tunnel-agent %s, which serves %q, disconnected %s ago; dials to it work again once it reconnects (check the agent's pod and its logs)",
+			id, host, time.Since(since).Round(time.Second))
 	}
 	if r.directDial {
 		return Route{Kind: Direct, Address: address, direct: &r.dialer}, nil

@@ -70,3 +70,41 @@ func TestDrainMovesNewDialsToOtherAgents(t *testing.T) {
 	waitFor(t, "new dials moved to the other agent", func() bool { return servedBy() == "node-a-old" })
 	echoRoundTrip(t, open, 100) // still carried by the draining agent
 }
+
+// TestDepartedAgentRefusedAtOnce: once the agent of a node is gone, dials to
+// that node fail at once with a message naming the agent, even with direct
+// dial on (dialing an edge address from the cloud would only time out).
+func TestDepartedAgentRefusedAtOnce(t *testing.T) {
+	e := newEnv(t, envOptions{connStreams: true, directDial: true})
+	ids, _ := identity.Parse("host=node-x&ipv4=127.0.0.5")
+	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: "node-x", Identifiers: ids,
+		SyncInterval: 100 * time.Millisecond, ConnStreams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	target := echoServerOn(t, "127.0.0.5:0")
+	waitFor(t, "agent serving node-x", func() bool {
+		c, err := e.dialGRPC(context.Background(), target)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	cancel()
+	<-done
+	waitFor(t, "agent gone", func() bool {
+		start := time.Now()
+		_, err := e.dialGRPC(context.Background(), target)
+		if err == nil || !strings.Contains(err.Error(), "node-x") || !strings.Contains(err.Error(), "disconnected") {
+			return false
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("refusal took %v", d)
+		}
+		return true
+	})
+}

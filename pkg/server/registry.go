@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"time"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 )
@@ -9,14 +10,21 @@ import (
 // registry indexes the connected agent sessions by agent ID and by every
 // host key they serve. It is the router's view of the agents.
 type registry struct {
-	mu     sync.RWMutex
-	byID   map[string][]*session
-	byHost map[string][]*session
-	count  func(n int) // reports the number of distinct agent IDs
+	mu       sync.RWMutex
+	byID     map[string][]*session
+	byHost   map[string][]*session
+	departed map[string]departure // host keys whose last agent left
+	count    func(n int)          // reports the number of distinct agent IDs
+}
+
+type departure struct {
+	agentID string
+	at      time.Time
 }
 
 func newRegistry(count func(int)) *registry {
-	return &registry{byID: map[string][]*session{}, byHost: map[string][]*session{}, count: count}
+	return &registry{byID: map[string][]*session{}, byHost: map[string][]*session{},
+		departed: map[string]departure{}, count: count}
 }
 
 func (r *registry) add(s *session) {
@@ -25,6 +33,7 @@ func (r *registry) add(s *session) {
 	r.byID[s.id] = append(r.byID[s.id], s)
 	for _, k := range s.hostKeys {
 		r.byHost[k] = append(r.byHost[k], s)
+		delete(r.departed, k)
 	}
 	r.count(len(r.byID))
 }
@@ -40,6 +49,7 @@ func (r *registry) remove(s *session) {
 		r.byHost[k] = without(r.byHost[k], s)
 		if len(r.byHost[k]) == 0 {
 			delete(r.byHost, k)
+			r.departed[k] = departure{agentID: s.id, at: time.Now()}
 		}
 	}
 	r.count(len(r.byID))
@@ -76,6 +86,16 @@ func (r *registry) Lookup(key string) (router.Backend, bool) {
 		}
 	}
 	return best, best != nil
+}
+
+// Departed implements router.Agents. Departures are remembered until an
+// agent serves the host again: the map holds at most one entry per edge
+// node address or name ever seen.
+func (r *registry) Departed(key string) (string, time.Time, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	d, ok := r.departed[key]
+	return d.agentID, d.at, ok
 }
 
 // session returns the session of agentID whose control stream came from
