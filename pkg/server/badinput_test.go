@@ -22,8 +22,6 @@ import (
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
-	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
-	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -959,32 +957,6 @@ func closingServer(t testing.TB, msg string) string {
 		}
 	}()
 	return ln.Addr().String()
-}
-
-// startAgent is addAgent with the agent's metrics on reg.
-func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *prometheus.Registry, addrs ...string) {
-	t.Helper()
-	q := "host=" + name
-	for _, a := range addrs {
-		q += "&ipv4=" + a
-	}
-	ids, err := identity.Parse(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: name, Identifiers: ids,
-		SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Registry: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runUntilCleanup(t, a.Run)
-	waitFor(t, "agent "+name+" routable", func() bool {
-		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "10250"))
-		if c != nil {
-			c.Close()
-		}
-		return err == nil || !strings.Contains(err.Error(), "no edge-tunnel-agent is connected")
-	})
 }
 
 // metricValue sums the series of a gauge or counter whose labels include

@@ -118,6 +118,12 @@ func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
 // until the server routes to it.
 func (e *env) addAgent(t testing.TB, name string, connStreams bool, addrs ...string) {
 	t.Helper()
+	startAgent(t, e, name, connStreams, nil, addrs...)
+}
+
+// startAgent is addAgent with the agent's metrics on reg (nil: private).
+func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *prometheus.Registry, addrs ...string) {
+	t.Helper()
 	q := "host=" + name
 	for _, a := range addrs {
 		q += "&ipv4=" + a
@@ -127,12 +133,11 @@ func (e *env) addAgent(t testing.TB, name string, connStreams bool, addrs ...str
 		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: name, Identifiers: ids,
-		SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams})
+		SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	runUntilCleanup(t, a.Run)
-	// The agent is routable once a dial by its name reaches it.
 	waitFor(t, "agent "+name+" routable", func() bool {
 		c, err := e.dialGRPC(context.Background(), net.JoinHostPort(name, "10250"))
 		if c != nil {
