@@ -96,9 +96,19 @@ func TestDepartedAgentRefusedAtOnce(t *testing.T) {
 	})
 	cancel()
 	<-done
+	var last error
+	defer func() {
+		if t.Failed() {
+			t.Logf("last dial error: %v", last)
+		}
+	}()
 	waitFor(t, "agent gone", func() bool {
 		start := time.Now()
-		_, err := e.dialGRPC(context.Background(), target)
+		c, err := e.dialGRPC(context.Background(), target)
+		if c != nil {
+			c.Close()
+		}
+		last = err
 		if err == nil || !strings.Contains(err.Error(), "node-x") || !strings.Contains(err.Error(), "disconnected") {
 			return false
 		}
