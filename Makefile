@@ -27,7 +27,7 @@ COMMANDS := edge-tunnel-server edge-tunnel-agent edge-tunnel-proxy
 # Go files of this repository, without the tool cache.
 GO_FILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*')
 
-.PHONY: all build test e2e proto verify-proto demo bench fmt vet lint clean
+.PHONY: all build test e2e proto verify-proto demo bench docs fmt vet lint clean
 
 all: build
 
@@ -56,6 +56,11 @@ verify-proto:
 
 demo:
 	$(GO) run ./e2e/demo
+
+# The command-line reference (docs/reference/*.md) from the binaries' flags;
+# go test ./hack/gendocs fails when the committed pages are stale.
+docs:
+	$(GO) run ./hack/gendocs
 
 bench:
 	hack/bench.sh
