@@ -135,7 +135,7 @@ func isMessageCall(call *ast.CallExpr) bool {
 	return messageCalls[name]
 }
 
-// messageArg returns the first argument that is a string literal, a
+// messageArg returns the first argument that is a non-empty string literal, a
 // fmt.Sprintf of one, or a literal with something appended ("..." + err).
 func messageArg(call *ast.CallExpr) (string, bool) {
 	for _, a := range call.Args {
@@ -146,6 +146,9 @@ func messageArg(call *ast.CallExpr) (string, bool) {
 		case *ast.BasicLit:
 			if a.Kind == token.STRING {
 				s, err := strconv.Unquote(a.Value)
+				if err == nil && s == "" {
+					continue // an empty item or prefix before the message
+				}
 				return s, err == nil
 			}
 		case *ast.CallExpr:
