@@ -106,6 +106,11 @@ func render(cmd *cobra.Command, fss cliflag.NamedFlagSets) []byte {
 			fmt.Fprintf(&b, "| %s | %s |\n", flagName(f), cell(f.Deprecated))
 		}
 	}
+	for _, sub := range cmd.Commands() {
+		if sub.IsAvailableCommand() {
+			renderSubcommand(&b, sub)
+		}
+	}
 	return b.Bytes()
 }
 
@@ -145,4 +150,27 @@ func capitalize(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// renderSubcommand adds a section for a subcommand (edge-tunnel-server
+// certs): what it does, its examples and its own flags.
+func renderSubcommand(b *bytes.Buffer, sub *cobra.Command) {
+	fmt.Fprintf(b, "\n## Subcommand `%s`\n\n", sub.CommandPath())
+	fmt.Fprintf(b, "%s.\n\n", strings.TrimSuffix(sub.Short, "."))
+	fmt.Fprintf(b, "```\n%s %s\n```\n\n", sub.Parent().CommandPath(), sub.Use)
+	if sub.Long != "" {
+		fmt.Fprintf(b, "```\n%s\n```\n\n", strings.TrimSpace(sub.Long))
+	}
+	if sub.Example != "" {
+		fmt.Fprintf(b, "Examples:\n\n```sh\n%s\n```\n\n", strings.TrimRight(sub.Example, "\n"))
+	}
+	fs := sub.Flags()    // the parent has no persistent flags, so these are its own
+	fs.SortFlags = false // the order they are declared in
+	b.WriteString("| flag | type | default | meaning |\n|---|---|---|---|\n")
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" {
+			return
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", flagName(f), f.Value.Type(), defValue(f), cell(usage(f)))
+	})
 }
