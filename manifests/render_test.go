@@ -7,6 +7,8 @@
 package manifests
 
 import (
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,20 +29,48 @@ import (
 	serverapp "github.com/edge-tunnel/edge-tunnel/cmd/edge-tunnel-server/app"
 )
 
-// Roots are the kustomizations an operator applies (kubectl apply -k DIR).
+// roots are the kustomizations an operator applies (kubectl apply -k DIR):
+// every kustomization.yaml under manifests/ that is not a Component and not
+// only a part of another one (base/server is a resource of base).
 // Components cannot be rendered on their own; every one of them is used by
 // an example (TestEveryComponentHasAnExample).
 func roots(t *testing.T) []string {
 	t.Helper()
-	dirs := []string{"base"}
-	examples, err := filepath.Glob("examples/*/kustomization.yaml")
-	if err != nil || len(examples) == 0 {
-		t.Fatalf("no examples/*/kustomization.yaml (err %v)", err)
+	var dirs []string
+	parts := map[string]bool{}
+	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "kustomization.yaml" {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		var k struct {
+			Kind      string   `json:"kind"`
+			Resources []string `json:"resources"`
+		}
+		if err := yaml.Unmarshal(b, &k); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		if k.Kind != "Component" {
+			dirs = append(dirs, filepath.Dir(p))
+		}
+		for _, r := range k.Resources {
+			parts[filepath.Join(filepath.Dir(p), r)] = true
+		}
+		return nil
+	})
+	if err != nil || len(dirs) < 2 {
+		t.Fatalf("finding the kustomizations: %v (found %v)", err, dirs)
 	}
-	for _, e := range examples {
-		dirs = append(dirs, filepath.Dir(e))
+	var out []string
+	for _, d := range dirs {
+		if !parts[d] || d == "base" {
+			out = append(out, d)
+		}
 	}
-	return dirs
+	return out
 }
 
 // objects is one rendered kustomization, decoded into the API types. Kinds

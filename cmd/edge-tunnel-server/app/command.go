@@ -46,6 +46,7 @@ konnectivity-server and konnectivity-agent.`,
 		},
 	}
 	cli.Finish(cmd, o.Flags())
+	cmd.AddCommand(newCertsCommand())
 	return cmd
 }
 
