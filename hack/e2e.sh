@@ -6,10 +6,10 @@
 #
 # Needs root (network namespaces, nftables); as another user it says so and
 # exits 0. Installs iproute2, nftables and etcd-server from Debian when
-# missing. kube-apiserver, kubectl, the kubelet stand-in and metrics-server
-# are built from the modules under e2e/tools and cached by version in
-# ${E2E_CACHE:-$HOME/.cache/edge-tunnel-e2e}: about 8 minutes on 2 cores the
-# first time, seconds afterwards.
+# missing. kube-apiserver, kubectl, the kubelet stand-in, metrics-server and
+# Prometheus are built from the modules under e2e/tools and cached by
+# version in ${E2E_CACHE:-$HOME/.cache/edge-tunnel-e2e}: about 11 minutes on
+# 2 cores the first time (Prometheus about 3 of them), seconds afterwards.
 #
 # The last line is "e2e tests: N passed, M failed" (hack/test.sh adds it to
 # its own count). E2E_RUN=REGEXP runs only matching tests (go test -run).

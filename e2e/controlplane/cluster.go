@@ -43,6 +43,9 @@ type Options struct {
 	PortsFromAPI bool
 	// ServerArgs are extra edge-tunnel-server flags.
 	ServerArgs []string
+	// HTTPProxy serves edge-tunnel-server's own HTTP proxy on loopback, at
+	// Server.ProxyAddr.
+	HTTPProxy bool
 }
 
 // Cluster is etcd, edge-tunnel-server and edge nodes (each a network
@@ -105,7 +108,7 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 	c.Net = harness.NewEdgeNetwork(t, NetworkPrefix, subnet)
 	hostAddr := c.Net.HostAddr.String()
 	c.tunnelPKI = harness.NewPKI(t, hostAddr)
-	serverOpts := harness.ServerOptions{AgentBindAddress: hostAddr, Ports: opts.Ports, ExtraArgs: opts.ServerArgs}
+	serverOpts := harness.ServerOptions{AgentBindAddress: hostAddr, Ports: opts.Ports, ExtraArgs: opts.ServerArgs, HTTPProxy: opts.HTTPProxy}
 	if opts.PortsFromAPI {
 		// The kubeconfig stays valid across the cluster's kube-apiservers;
 		// until one runs, the server keeps the default port policy.

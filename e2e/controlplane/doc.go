@@ -1,10 +1,11 @@
 // Package controlplane runs edge-tunnel under a real Kubernetes control
 // plane: etcd, kube-apiserver whose cluster egress goes through
 // edge-tunnel-server (GRPC or HTTPConnect, UNIX socket or TCP with mTLS),
-// the real kubectl, and edge nodes that the cloud side cannot reach: each
-// node is a network namespace whose firewall drops inbound connections,
-// running edge-tunnel-agent (which dials out to the server) and a kubelet
-// stand-in built on the kubelet's own streaming code.
+// the real kubectl, metrics-server and Prometheus, and edge nodes that the
+// cloud side cannot reach: each node is a network namespace whose firewall
+// drops inbound connections, running edge-tunnel-agent (which dials out to
+// the server) and a kubelet stand-in built on the kubelet's own streaming
+// code.
 //
 // The Kubernetes programs come from the separate modules under e2e/tools,
 // so edge-tunnel's go.mod never depends on k8s.io/kubernetes; BuildTools
