@@ -78,5 +78,31 @@ lint:
 	fi
 	$(GO) vet ./...
 
+# Container images of the three binaries (Dockerfile), tagged with the
+# version: $(IMAGE_REGISTRY)/edge-tunnel-server:$(IMAGE_TAG) and so on.
+# manifests/images/kustomization.yaml is where the manifests pick the tag.
+IMAGE_REGISTRY ?= ghcr.io/edge-tunnel
+IMAGE_TAG ?= $(GIT_VERSION)
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+
+image:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+		echo "make image: neither docker nor podman is installed here, so no image was built."; \
+		echo "Install one (or set CONTAINER_ENGINE=/path/to/engine) and run make image again;"; \
+		echo "it builds the Dockerfile's targets $(COMMANDS) as $(IMAGE_REGISTRY)/NAME:$(IMAGE_TAG)."; \
+		exit 1; \
+	fi
+	@# The Dockerfile uses BuildKit (cache mounts, cross-compiling stages):
+	@# docker needs its buildx plugin; podman has it built in.
+	@if [ "$$(basename $(CONTAINER_ENGINE))" = docker ] && ! $(CONTAINER_ENGINE) buildx version >/dev/null 2>&1; then \
+		echo "make image: $(CONTAINER_ENGINE) has no buildx plugin, which the Dockerfile needs (BuildKit)."; \
+		echo "Install docker-buildx-plugin, or build with podman: make image CONTAINER_ENGINE=podman"; \
+		exit 1; \
+	fi
+	for c in $(COMMANDS); do \
+		DOCKER_BUILDKIT=1 $(CONTAINER_ENGINE) build --target $$c --build-arg LDFLAGS='$(LDFLAGS)' \
+			-t $(IMAGE_REGISTRY)/$$c:$(IMAGE_TAG) . || exit 1; \
+	done
+
 clean:
 	rm -rf $(BIN)
