@@ -18,7 +18,7 @@ import (
 // warnings, the port policy's warnings, logged errors).
 var messageDirs = []string{
 	"pkg/router", "pkg/server", "pkg/frontend", "pkg/httpproxy", "pkg/egress",
-	"pkg/agent", "pkg/ports", "pkg/tlsutil", "pkg/identity", "pkg/certgen", "pkg/pki", "internal/cli",
+	"pkg/agent", "pkg/ports", "pkg/tlsutil", "pkg/identity", "pkg/certgen", "pkg/pki", "pkg/agentauth", "internal/cli",
 	"cmd/edge-tunnel-server/app", "cmd/edge-tunnel-server/app/options",
 	"cmd/edge-tunnel-agent/app", "cmd/edge-tunnel-agent/app/options",
 	"cmd/edge-tunnel-proxy/app", "cmd/edge-tunnel-proxy/app/options",
@@ -35,10 +35,11 @@ type message struct {
 // fmt.Errorf, tunnel.Errorf, status.Errorf, errors.New; the options'
 // validation helper add and warnings appended to ws; the HTTP proxy's
 // refuse, the frontends' WriteStatus and fail, the agent's dialResponse;
-// the port parser's warn; a logger's Error.
+// the port parser's warn; a logger's Error; and fmt.Sprintf, which builds
+// the messages of error types (agentauth's refusals) and of the proxy.
 var messageCalls = map[string]bool{
 	"Errorf": true, "New": true, "add": true, "refuse": true, "WriteStatus": true,
-	"fail": true, "dialResponse": true, "warn": true, "Error": true, "append": true,
+	"fail": true, "dialResponse": true, "warn": true, "Error": true, "append": true, "Sprintf": true,
 }
 
 // verb matches a fmt verb, which the key never spans.
