@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -211,6 +212,14 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 	var hdr metadata.MD
 	if err == nil {
 		hdr, err = stream.Header()
+	}
+	if err == nil && hdr == nil {
+		// The server ended the stream without a handshake: a refusal
+		// (say, a certificate that does not prove the node claimed), whose
+		// status only the end of the stream carries.
+		if _, rerr := stream.Recv(); rerr != nil && rerr != io.EOF {
+			err = rerr
+		}
 	}
 	if err != nil {
 		cancel()

@@ -41,10 +41,13 @@ const (
 	ReasonHost          = "host"           // agentID or host= not proven
 	ReasonAddress       = "address"        // ipv4=/ipv6= not proven
 	ReasonNetwork       = "network"        // cidr= or default-route= while not allowed
+	// ReasonNodeLookup is not a Refusal: the Node lookup failed, so the
+	// answer is unknown and the agent is told to retry.
+	ReasonNodeLookup = "node_lookup_failed"
 )
 
 // Reasons lists every reason, for pre-creating metric series.
-var Reasons = []string{ReasonNoCertificate, ReasonNoNodeName, ReasonHost, ReasonAddress, ReasonNetwork}
+var Reasons = []string{ReasonNoCertificate, ReasonNoNodeName, ReasonHost, ReasonAddress, ReasonNetwork, ReasonNodeLookup}
 
 // certCNPrefix is the common-name prefix of kubelet client certificates,
 // which edge nodes already have and which the agent can reuse.

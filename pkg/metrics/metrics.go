@@ -67,6 +67,9 @@ type Server struct {
 	// single-stream), that is whether the agent speaks the per-connection
 	// stream extension.
 	AgentStreams *prometheus.GaugeVec
+	// AgentIdentityRefusals counts agents refused because their client
+	// certificate does not prove the node they claim, by reason.
+	AgentIdentityRefusals *prometheus.CounterVec
 	// Bytes counts tunneled payload bytes by direction.
 	Bytes *prometheus.CounterVec
 	// StalledCloses counts connections closed because a reader stopped
@@ -116,6 +119,10 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: namespace, Subsystem: "server", Name: "agent_connections",
 			Help: "Agent connections currently open, by mode (conn-streams or single-stream).",
 		}, []string{"mode"}),
+		AgentIdentityRefusals: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "agent_identity_refusals_total",
+			Help: "Agent connections refused because the client certificate does not prove the node name or addresses the agent claims, by reason.",
+		}, []string{"reason"}),
 		Bytes: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "server", Name: "bytes_total",
 			Help: "Tunneled payload bytes, by direction (to_agent or from_agent).",

@@ -2,16 +2,20 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"strconv"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
@@ -27,6 +31,7 @@ type agentService struct {
 	serverID    string
 	serverCount int
 	connStreams bool
+	identity    *agentauth.Binder // nil: claims are not checked
 	agents      *registry
 	m           *metrics.Server
 	log         klog.Logger
@@ -51,6 +56,10 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 	default:
 		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: agent %s sent %d %q metadata values; send at most one", id, len(v), agentpb.AgentIdentifiersKey)
 	}
+	p, _ := peer.FromContext(ctx)
+	if err := a.checkIdentity(ctx, p, id, idents); err != nil {
+		return err
+	}
 	connStreams := a.connStreams && agentpb.HasFeature(md.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams)
 
 	hdr := metadata.Pairs(agentpb.ServerIDKey, a.serverID, agentpb.ServerCountKey, strconv.Itoa(a.serverCount))
@@ -61,7 +70,6 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 		return status.Errorf(codes.Unavailable, "edge-tunnel-server: sending the handshake header to agent %s: %v", id, err)
 	}
 
-	p, _ := peer.FromContext(ctx)
 	s := &session{
 		id:          id,
 		hostKeys:    hostKeys(id, idents),
@@ -111,6 +119,49 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 		conn.Close()
 	}
 	return nil
+}
+
+// checkIdentity refuses an agent whose client certificate does not prove
+// the node it claims, before it is registered: a rogue agent never becomes
+// a route, so dials for the node it names keep going to the real agent.
+func (a *agentService) checkIdentity(ctx context.Context, p *peer.Peer, id string, idents identity.Identifiers) error {
+	if a.identity == nil {
+		return nil
+	}
+	cert := peerCert(p)
+	err := a.identity.Check(ctx, cert, id, idents)
+	if err == nil {
+		return nil
+	}
+	subject := ""
+	if cert != nil {
+		subject = cert.Subject.String()
+	}
+	log := a.log.WithValues("agentID", id, "peer", peerAddr(p), "certificate", subject, "identifiers", idents.String())
+	var r *agentauth.Refusal
+	if !errors.As(err, &r) {
+		a.m.AgentIdentityRefusals.WithLabelValues(agentauth.ReasonNodeLookup).Inc()
+		log.Error(err, "Agent refused: its claimed addresses could not be checked")
+		return status.Errorf(codes.Unavailable, "edge-tunnel-server: cannot check the addresses agent %s claims: %v; the agent will retry", id, err)
+	}
+	a.m.AgentIdentityRefusals.WithLabelValues(r.Reason).Inc()
+	log.Info("Agent refused: its client certificate does not prove the node it claims", "reason", r.Reason,
+		"proven", r.Proven, "claim", r.Claim, "detail", r.Detail)
+	return status.Errorf(codes.PermissionDenied, "edge-tunnel-server: agent %s refused: %v", id, err)
+}
+
+// peerCert is the client certificate of the connection. tlsutil verifies
+// it in VerifyConnection, so VerifiedChains is empty; PeerCertificates[0]
+// is the verified leaf.
+func peerCert(p *peer.Peer) *x509.Certificate {
+	if p == nil {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return info.State.PeerCertificates[0]
 }
 
 func hostKeys(id string, idents identity.Identifiers) []string {

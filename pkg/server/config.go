@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 )
 
@@ -29,6 +30,10 @@ type Config struct {
 	// (with ClientCAs and RequireAndVerifyClientCert when a cluster CA is given).
 	AgentAddr string
 	AgentTLS  *tls.Config
+	// AgentIdentity, when set, checks that each agent's client certificate
+	// proves the node name and addresses it claims (--agent-identity=
+	// certificate); a mismatch is refused. nil accepts every claim.
+	AgentIdentity *agentauth.Binder
 
 	// ProxyAddr is host:port of the HTTP proxy for components configured
 	// with HTTPS_PROXY/HTTP_PROXY or a Prometheus proxy_url (pkg/httpproxy).

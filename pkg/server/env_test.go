@@ -15,6 +15,7 @@ import (
 	konn "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/client"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
+	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
@@ -29,8 +30,9 @@ type env struct {
 	uds      string
 	srv      *server.Server
 	clientTL *tls.Config // frontend client (kube-apiserver) TLS
-	agentTLS *tls.Config
+	agentTLS *tls.Config // CN "agent": proves no node
 	srvTLS   *tls.Config
+	ca       *pki.CA
 	agentAdr string
 	opts     envOptions
 }
@@ -41,6 +43,9 @@ type envOptions struct {
 	registry    *prometheus.Registry // server metrics; nil means a private registry
 	serverCount int                  // announced to agents; 0 means 1
 	portsFile   string               // --ports-config; empty means testPorts
+	// agentIdentity is --agent-identity=certificate; nil accepts every
+	// claim, so that tests can run agents for any node with one certificate.
+	agentIdentity *agentauth.Binder
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -66,7 +71,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, srvTLS: srvTLS, opts: o}
+	e := &env{dir: dir, srvTLS: srvTLS, opts: o, ca: ca}
 	if e.clientTL, err = tlsutil.ClientConfig(f("ca.crt"), f("frontend-client.crt"), f("frontend-client.key"), "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +109,7 @@ func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: e.srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS, ServerID: id, ServerCount: max(1, e.opts.serverCount),
 		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: e.opts.directDial, ConnStreams: e.opts.connStreams,
-		Registry: reg, Ports: testPorts, PortsFile: e.opts.portsFile,
+		Registry: reg, Ports: testPorts, PortsFile: e.opts.portsFile, AgentIdentity: e.opts.agentIdentity,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -132,8 +137,8 @@ func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *promet
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: name, Identifiers: ids,
-		SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Registry: reg})
+	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.nodeTLS(t, "system:node:"+name, addrs...), AgentID: name,
+		Identifiers: ids, SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +150,27 @@ func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *promet
 		}
 		return err == nil || !strings.Contains(err.Error(), "no edge-tunnel-agent is connected")
 	})
+}
+
+// nodeTLS is an agent's TLS config with a client certificate of its own,
+// as a kubelet client certificate is: common name cn (system:node:NAME)
+// and sans (the node's addresses) as subject alternative names.
+func (e *env) nodeTLS(t testing.TB, cn string, sans ...string) *tls.Config {
+	t.Helper()
+	p, err := e.ca.Issue(cn, sans, pki.UsageClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := pki.WriteFiles(dir, e.ca, map[string]pki.Pair{"agent": p}); err != nil {
+		t.Fatal(err)
+	}
+	f := func(n string) string { return filepath.Join(dir, n) }
+	c, err := tlsutil.ClientConfig(f("ca.crt"), f("agent.crt"), f("agent.key"), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // dialGRPC dials through the UNIX socket exactly as kube-apiserver does with

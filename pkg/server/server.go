@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/klog/v2"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/frontend"
 	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
@@ -101,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Ports != nil {
 		s.router.SetPorts(cfg.Ports)
+	}
+	for _, r := range agentauth.Reasons {
+		m.AgentIdentityRefusals.WithLabelValues(r)
 	}
 	m.PortsGeneration.Set(float64(s.router.Ports().Generation))
 	s.portsStatus.applied = time.Now()
@@ -194,7 +198,7 @@ func (s *Server) Run(ctx context.Context) error {
 	frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc")).Register(feGRPC)
 	agentGRPC := grpc.NewServer(s.agentServerOptions()...)
 	svc := &agentService{serverID: s.cfg.ServerID, serverCount: s.cfg.ServerCount, connStreams: s.cfg.ConnStreams,
-		agents: s.agents, m: s.m, log: s.log.WithName("agents")}
+		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
 	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
 	agentpb.RegisterConnServiceServer(agentGRPC, svc)
 
@@ -231,7 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("edge-tunnel-server is serving", "uds", s.cfg.UDSName, "frontend", s.cfg.FrontendAddr,
 		"agentPort", agentLn.Addr().String(), "proxy", s.cfg.ProxyAddr, "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
-		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams)
+		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams, "agentIdentity", identityMode(s.cfg.AgentIdentity))
 	s.ready.Store(true)
 
 	<-ctx.Done()
@@ -326,4 +330,16 @@ func frontendTLS(c *tls.Config) *tls.Config {
 	c = c.Clone()
 	c.NextProtos = []string{"h2", "http/1.1"}
 	return c
+}
+
+// identityMode names the --agent-identity mode for the start-up log line.
+func identityMode(b *agentauth.Binder) string {
+	switch {
+	case b == nil:
+		return agentauth.ModeNone
+	case b.AllowNetworks:
+		return agentauth.ModeCertificate + " (networks allowed)"
+	default:
+		return agentauth.ModeCertificate
+	}
 }
