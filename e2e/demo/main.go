@@ -218,7 +218,9 @@ func makePKI(dir string) (map[string]string, error) {
 		}},
 		{"cluster", map[string]certSpec{
 			"server": {"edge-tunnel-server", loopback, pki.UsageServer},
-			"agent":  {"system:node:" + nodeName, nil, pki.UsageClient},
+			// A kubelet-style certificate for the node the agent claims,
+			// with the address it claims: the server binds the two.
+			"agent": {"system:node:" + nodeName, []string{"127.0.0.1"}, pki.UsageClient},
 		}},
 	}
 	for _, side := range sides {

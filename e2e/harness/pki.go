@@ -81,10 +81,11 @@ func NewPKI(t testing.TB, agentPortHosts ...string) *PKI {
 }
 
 // AgentCert issues a client certificate from the cluster CA with the given
-// common name and returns the certificate and key paths.
-func (p *PKI) AgentCert(t testing.TB, fileName, commonName string) (certPath, keyPath string) {
+// common name and subject alternative names (IP addresses or DNS names)
+// and returns the certificate and key paths.
+func (p *PKI) AgentCert(t testing.TB, fileName, commonName string, sans ...string) (certPath, keyPath string) {
 	t.Helper()
-	pair, err := p.clusterCA.Issue(commonName, nil, pki.UsageClient)
+	pair, err := p.clusterCA.Issue(commonName, sans, pki.UsageClient)
 	if err != nil {
 		t.Fatalf("issue agent certificate %s: %v", commonName, err)
 	}

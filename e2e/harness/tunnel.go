@@ -243,7 +243,9 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 	if opts.CertCN == "" {
 		opts.CertCN = "system:node:" + opts.Name
 	}
-	cert, key := p.AgentCert(t, "agent-"+opts.Name, opts.CertCN)
+	// The address the agent claims is an IP SAN, as the server's
+	// --agent-identity=certificate (the default) requires.
+	cert, key := p.AgentCert(t, "agent-"+opts.Name, opts.CertCN, opts.IPv4)
 	ports := FreePorts(t, 2)
 	serverHost, agentPort, err := net.SplitHostPort(s.AgentAddr)
 	if err != nil {

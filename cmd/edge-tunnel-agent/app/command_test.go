@@ -26,7 +26,11 @@ func init() {
 // environment, as a manifest would, and waits until the agent reports that
 // it is connected; then stops both as SIGTERM would.
 func TestAgentConnectsToServer(t *testing.T) {
-	pki := clitest.WritePKI(t, "server", "agent")
+	// The agent's certificate proves node edge-1 (common name) and
+	// 127.0.0.1 (IP SAN), what it claims from NODE_NAME and NODE_IP: the
+	// server checks that by default (--agent-identity=certificate).
+	const agentCert = "system:node:edge-1"
+	pki := clitest.WritePKI(t, "server", agentCert)
 	agentPort := strconv.Itoa(clitest.FreePort(t))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -62,7 +66,7 @@ func TestAgentConnectsToServer(t *testing.T) {
 	agent := NewCommand()
 	agent.SetArgs([]string{
 		"--proxy-server-host=127.0.0.1", "--proxy-server-port=" + agentPort,
-		"--ca-cert=" + pki.CA(), "--agent-cert=" + pki.Cert("agent"), "--agent-key=" + pki.Key("agent"),
+		"--ca-cert=" + pki.CA(), "--agent-cert=" + pki.Cert(agentCert), "--agent-key=" + pki.Key(agentCert),
 		"--health-bind-address=127.0.0.1", "--health-server-port=" + health, "--admin-server-port=0",
 		"--sync-interval=50ms", "--sync-interval-cap=200ms", "--drain-grace=0s",
 		"--probe-interval=1s", // deprecated and ignored, must not fail

@@ -25,6 +25,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/edge-tunnel/edge-tunnel/internal/cli"
+	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
@@ -51,6 +52,11 @@ type Options struct {
 	ServerCount      int
 	KeepaliveTime    time.Duration
 	ConnStreams      bool
+	// AgentIdentity is how an agent's claimed node is checked:
+	// agentauth.ModeCertificate or ModeNone; empty means certificate when
+	// ClusterCACert is set, else none.
+	AgentIdentity              string
+	AgentIdentityAllowNetworks bool
 
 	// Dialing.
 	DialTimeout time.Duration
@@ -85,6 +91,11 @@ type Options struct {
 	// Environment lookups, replaceable in tests.
 	getenv   func(string) string
 	hostname func() (string, error)
+
+	// kube is the API client once built (kubeClient); kubeBuilt says
+	// whether it was, since nil is a valid answer (no API access).
+	kube      kubernetes.Interface
+	kubeBuilt bool
 }
 
 // deprecatedFlags only exist so that parsing does not fail; nothing reads them.
@@ -146,6 +157,8 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents; a dead agent connection is noticed after about twice this.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Offer agents one gRPC stream per tunneled connection, so that a slow reader stalls only its own connection. Agents that do not support it (upstream konnectivity-agent) fall back to the single-stream protocol either way; false forces the single-stream protocol for all agents.")
 	fs.MarkHidden("conn-streams")
+	fs.StringVar(&o.AgentIdentity, "agent-identity", o.AgentIdentity, "How the server checks the node an agent claims. certificate: the agent's client certificate must prove its --agent-id and every identifier it announces: node names from a common name system:node:NAME, else from its DNS SANs; addresses as IP SANs or, with API access (--kubeconfig or in a pod), as addresses of that Node object (needs get on nodes). A mismatch is refused with PermissionDenied. none: any agent with a certificate from --cluster-ca-cert may claim any node. Default: certificate when --cluster-ca-cert is set, else none.")
+	fs.BoolVar(&o.AgentIdentityAllowNetworks, "agent-identity-allow-networks", o.AgentIdentityAllowNetworks, "With --agent-identity=certificate, accept the cidr= and default-route= identifiers, which no certificate can prove: any authenticated agent may then receive dials for the networks it names.")
 	fs.StringVar(&o.deprecated.authenticationAudience, "authentication-audience", "", "")
 	fs.MarkDeprecated("authentication-audience", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
 	fs.StringVar(&o.deprecated.agentNamespace, "agent-namespace", "", "")
@@ -157,7 +170,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long a dial through an agent, or a direct dial, may take before the client gets an error.")
 	fs.BoolVar(&o.DirectDial, "direct-dial", o.DirectDial, "Dial destinations that no agent serves from the server itself. Needed when kube-apiserver sends all egress through the tunnel: admission webhooks and aggregated APIs (metrics-server) live in the cloud.")
 	fs.StringVar(&o.PortsConfigMap, "ports-configmap", o.PortsConfigMap, "NAMESPACE/NAME of the ConfigMap with the edge-node port policy (see docs/ports.md), watched through the Kubernetes API with --kubeconfig, or with the pod's ServiceAccount when running in a pod; a change applies within 2 s. Needs get, list and watch on that one ConfigMap. Empty turns the watch off; --ports-config replaces it. Without any port policy only ports 10250 and 10255 of edge nodes are forwarded.")
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file for the Kubernetes API, used only to watch --ports-configmap. Empty means the in-cluster config when running in a pod ($KUBERNETES_SERVICE_HOST set), else no API access.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file for the Kubernetes API, used to watch --ports-configmap and, with --agent-identity=certificate, to look up the addresses of the Node an agent claims. Empty means the in-cluster config when running in a pod ($KUBERNETES_SERVICE_HOST set), else no API access.")
 	fs.StringVar(&o.PortsConfig, "ports-config", o.PortsConfig, "Edge-node port policy from the file system instead of the API, re-read when it changes: a mounted ConfigMap edge-tunnel-server-cfg (a directory, one file per key) or a file with its data. For setups without API access; when set, the ConfigMap is not watched through the API.")
 	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
 	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
@@ -219,6 +232,15 @@ func (o *Options) Validate() []error {
 	if o.ProxyCACert != "" && (o.ProxyCert == "" || o.ProxyKey == "") {
 		add("--proxy-ca-cert authenticates clients over TLS, so it needs --proxy-cert and --proxy-key")
 	}
+	switch o.AgentIdentity {
+	case "", agentauth.ModeNone:
+	case agentauth.ModeCertificate:
+		if o.ClusterCACert == "" {
+			add("--agent-identity=certificate checks agents' client certificates, so it needs --cluster-ca-cert (the CA that signs them)")
+		}
+	default:
+		add("--agent-identity=%q: want %s or %s", o.AgentIdentity, agentauth.ModeCertificate, agentauth.ModeNone)
+	}
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
 	}
@@ -249,6 +271,12 @@ func (o *Options) Warnings() []string {
 	if o.ClusterCACert == "" {
 		ws = append(ws, "--cluster-ca-cert is not set: agents are not authenticated, and any agent that reaches the agent port may claim any node")
 	}
+	if o.ClusterCACert != "" && o.AgentIdentity == agentauth.ModeNone {
+		ws = append(ws, "--agent-identity=none: any agent with a certificate from --cluster-ca-cert may claim any node and receive the traffic meant for it")
+	}
+	if o.AgentIdentityAllowNetworks && o.agentIdentity() != agentauth.ModeCertificate {
+		ws = append(ws, "--agent-identity-allow-networks is set but unused because agent identities are not checked (--agent-identity=none)")
+	}
 	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
 		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
 	}
@@ -258,8 +286,8 @@ func (o *Options) Warnings() []string {
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
 	}
-	if o.Kubeconfig != "" && o.PortsConfigMap == "" {
-		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty (the API is only used to watch the port policy)")
+	if o.Kubeconfig != "" && o.PortsConfigMap == "" && o.agentIdentity() != agentauth.ModeCertificate {
+		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty and --agent-identity is none (the API is only used to watch the port policy and to look up Node addresses)")
 	}
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
@@ -311,17 +339,34 @@ func (o *Options) Config() (server.Config, error) {
 	if cfg.PortsKube, err = o.portsKube(); err != nil {
 		return server.Config{}, err
 	}
+	if o.agentIdentity() == agentauth.ModeCertificate {
+		cfg.AgentIdentity = &agentauth.Binder{AllowNetworks: o.AgentIdentityAllowNetworks}
+		client, err := o.kubeClient()
+		if err != nil {
+			return server.Config{}, fmt.Errorf("Node lookups for --agent-identity=certificate: %w", err)
+		}
+		if client != nil {
+			cfg.AgentIdentity.Nodes = &agentauth.KubeNodes{Client: client}
+		}
+	}
 	return cfg, nil
 }
 
-// portsKube builds the API source of the port policy: with --kubeconfig
-// when given, else in-cluster when running in a pod. nil means no API
-// source (--ports-config is used, --ports-configmap is empty, or there is
-// no API to talk to).
-//
-// A pod without a ServiceAccount token (a static pod, say) is not an
-// error: the server starts with the default policy and logs why, so that a
-// manifest that worked before keeps working.
+// agentIdentity is --agent-identity with its default filled in.
+func (o *Options) agentIdentity() string {
+	switch {
+	case o.AgentIdentity != "":
+		return o.AgentIdentity
+	case o.ClusterCACert != "":
+		return agentauth.ModeCertificate
+	default:
+		return agentauth.ModeNone
+	}
+}
+
+// portsKube builds the API source of the port policy (see kubeClient for
+// which API). nil means no API source (--ports-config is used,
+// --ports-configmap is empty, or there is no API to talk to).
 func (o *Options) portsKube() (*ports.KubeSource, error) {
 	if o.PortsConfig != "" || o.PortsConfigMap == "" {
 		return nil, nil
@@ -330,7 +375,29 @@ func (o *Options) portsKube() (*ports.KubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--ports-configmap=%q: %w", o.PortsConfigMap, err)
 	}
+	client, err := o.kubeClient()
+	if err != nil {
+		return nil, fmt.Errorf("--ports-configmap=%q: %w", o.PortsConfigMap, err)
+	}
+	if client == nil {
+		return nil, nil
+	}
+	return &ports.KubeSource{Client: client, Namespace: ns, Name: name}, nil
+}
+
+// kubeClient is the Kubernetes API client for the port policy's ConfigMap
+// and for Node lookups: with --kubeconfig when given, else in-cluster when
+// running in a pod, else nil (no API access). It is built once.
+//
+// A pod without a ServiceAccount token (a static pod, say) is not an
+// error: nil is returned and the reason logged, so that a manifest that
+// worked before keeps working.
+func (o *Options) kubeClient() (kubernetes.Interface, error) {
+	if o.kubeBuilt {
+		return o.kube, nil
+	}
 	var rc *rest.Config
+	var err error
 	switch {
 	case o.Kubeconfig != "":
 		if rc, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig); err != nil {
@@ -338,20 +405,24 @@ func (o *Options) portsKube() (*ports.KubeSource, error) {
 		}
 	case o.getenv("KUBERNETES_SERVICE_HOST") != "":
 		if rc, err = rest.InClusterConfig(); err != nil {
-			klog.Warningf("Not watching ConfigMap %s: running in a pod, but its in-cluster API config is unusable (%v); "+
-				"edge nodes get the default port policy. Mount a ServiceAccount token or pass --kubeconfig, or use --ports-config", o.PortsConfigMap, err)
+			klog.Warningf("No Kubernetes API access: running in a pod, but its in-cluster API config is unusable (%v). "+
+				"ConfigMap %s is not watched (edge nodes get the default port policy, or use --ports-config), and agents' "+
+				"claimed addresses must be IP SANs of their certificates. Mount a ServiceAccount token or pass --kubeconfig", err, o.PortsConfigMap)
+			o.kubeBuilt = true
 			return nil, nil
 		}
 	default:
+		o.kubeBuilt = true
 		return nil, nil
 	}
 	rc = rest.CopyConfig(rc)
 	rc.UserAgent = "edge-tunnel-server/" + version.Get().GitVersion
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("a Kubernetes client for --ports-configmap (--kubeconfig %q): %w", o.Kubeconfig, err)
+		return nil, fmt.Errorf("a Kubernetes client (--kubeconfig %q): %w", o.Kubeconfig, err)
 	}
-	return &ports.KubeSource{Client: client, Namespace: ns, Name: name}, nil
+	o.kube, o.kubeBuilt = client, true
+	return client, nil
 }
 
 // serverID is --server-id, else $PROXY_SERVER_ID (upstream's variable), else

@@ -135,6 +135,9 @@ func TestValidate(t *testing.T) {
 		{"no configmap watch", append(append([]string{"--ports-configmap="}, tcp...), certs...), nil},
 		{"two port sources", append(append([]string{"--ports-config=/etc/ports", "--kubeconfig=/etc/kubeconfig"}, tcp...), certs...), []string{"--ports-config and --kubeconfig both give a source"}},
 		{"file, watch off", append(append([]string{"--ports-config=/etc/ports", "--kubeconfig=/etc/kubeconfig", "--ports-configmap="}, tcp...), certs...), nil},
+		{"agent identity certificate", append(append([]string{"--agent-identity=certificate", "--cluster-ca-cert=ca"}, tcp...), certs...), nil},
+		{"agent identity without CA", append(append([]string{"--agent-identity=certificate"}, tcp...), certs...), []string{"--agent-identity=certificate checks agents' client certificates, so it needs --cluster-ca-cert"}},
+		{"agent identity unknown", append(append([]string{"--agent-identity=cn"}, tcp...), certs...), []string{`--agent-identity="cn": want certificate or none`}},
 		{"defaults", nil, []string{"needs --server-cert", "needs --server-ca-cert", "--cluster-cert"}},
 	}
 	for _, tc := range cases {
@@ -165,7 +168,7 @@ func TestWarnings(t *testing.T) {
 	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "unused because --proxy-port=0") {
 		t.Errorf("warnings lack the unused proxy certificate:\n%s", got)
 	}
-	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--kubeconfig=/k", "--ports-configmap=")
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--kubeconfig=/k", "--ports-configmap=", "--agent-identity=none")
 	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "--kubeconfig is set but unused") {
 		t.Errorf("warnings lack the unused kubeconfig:\n%s", got)
 	}
