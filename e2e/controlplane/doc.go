@@ -45,6 +45,11 @@ func SkipReason() string {
 // remove the first run's namespaces.
 const LockPath = "/run/lock/edge-tunnel-e2e-controlplane.lock"
 
+// lockFile holds LockPath's descriptor for the life of the test process: a
+// file that is no longer referenced is closed by its finalizer, and closing
+// it would release the lock in the middle of the run.
+var lockFile *os.File
+
 // Lock takes LockPath, waiting for another run to finish. The lock goes
 // with the process, so a crashed run never leaves it behind.
 func Lock() error {
@@ -53,7 +58,8 @@ func Lock() error {
 		return fmt.Errorf("open %s: %w", LockPath, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
-		return nil // f stays open, holding the lock, until the process ends
+		lockFile = f
+		return nil
 	}
 	fmt.Fprintf(os.Stderr, "controlplane: another control-plane e2e run holds %s; waiting for it\n", LockPath)
 	start := time.Now()
@@ -61,5 +67,6 @@ func Lock() error {
 		return fmt.Errorf("lock %s: %w", LockPath, err)
 	}
 	fmt.Fprintf(os.Stderr, "controlplane: got %s after %s\n", LockPath, time.Since(start).Round(time.Second))
+	lockFile = f
 	return nil
 }
