@@ -58,6 +58,36 @@ func Prepare(cmd *cobra.Command, name string, logging *logsapi.LoggingConfigurat
 	return false, nil
 }
 
+// Options is what a command's options give RunE: validation of the flags
+// and the configuration they build. Options that also have
+// Warnings() []string get those logged before the configuration is built.
+type Options[C any] interface {
+	Validate() []error
+	Config() (C, error)
+}
+
+// RunE is the RunE of every edge-tunnel command: Prepare, log the options'
+// warnings, build the configuration, and run it until SIGTERM or SIGINT.
+func RunE[C any](name string, logging *logsapi.LoggingConfiguration, o Options[C], run func(context.Context, C) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if done, err := Prepare(cmd, name, logging, o.Validate); done || err != nil {
+			return err
+		}
+		if w, ok := o.(interface{ Warnings() []string }); ok {
+			for _, msg := range w.Warnings() {
+				klog.Warning(msg)
+			}
+		}
+		cfg, err := o.Config()
+		if err != nil {
+			return err
+		}
+		ctx, stop := SignalContext(cmd.Context())
+		defer stop()
+		return run(ctx, cfg)
+	}
+}
+
 // PrintVersion handles --version and reports whether it printed something.
 // verflag prints "Kubernetes vX" for --version=true, so that case is printed
 // here as "NAME vX"; --version=raw (the full version struct) is left to

@@ -29,18 +29,7 @@ every server replica, announces the node's name and addresses, and dials the
 node-local targets the servers ask for, refusing targets that are not its own
 node. It is wire-compatible with konnectivity-server.`,
 		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if done, err := cli.Prepare(cmd, name, o.Logging, o.Validate); done || err != nil {
-				return err
-			}
-			cfg, err := o.Config()
-			if err != nil {
-				return err
-			}
-			ctx, stop := cli.SignalContext(cmd.Context())
-			defer stop()
-			return run(ctx, cfg)
-		},
+		RunE: cli.RunE(name, o.Logging, o, run),
 	}
 	cli.Finish(cmd, o.Flags())
 	return cmd

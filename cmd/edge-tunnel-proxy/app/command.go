@@ -37,21 +37,7 @@ forwards plain requests to any port and leaves refusals to the server (a port
 that is not forwarded is refused with 403 and the server's reason; a plain
 request to a TLS port fails like any wrong-protocol request).`,
 		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if done, err := cli.Prepare(cmd, name, o.Logging, o.Validate); done || err != nil {
-				return err
-			}
-			for _, w := range o.Warnings() {
-				klog.Warning(w)
-			}
-			cfg, err := o.Config()
-			if err != nil {
-				return err
-			}
-			ctx, stop := cli.SignalContext(cmd.Context())
-			defer stop()
-			return run(ctx, cfg)
-		},
+		RunE: cli.RunE(name, o.Logging, o, run),
 	}
 	cli.Finish(cmd, o.Flags())
 	return cmd

@@ -29,21 +29,7 @@ or TCP with mutual TLS) so that the control plane reaches kubelets and other
 node ports that sit behind NAT or firewalls. It is wire-compatible with
 konnectivity-server and konnectivity-agent.`,
 		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if done, err := cli.Prepare(cmd, name, o.Logging, o.Validate); done || err != nil {
-				return err
-			}
-			for _, w := range o.Warnings() {
-				klog.Warning(w)
-			}
-			cfg, err := o.Config()
-			if err != nil {
-				return err
-			}
-			ctx, stop := cli.SignalContext(cmd.Context())
-			defer stop()
-			return run(ctx, cfg)
-		},
+		RunE: cli.RunE(name, o.Logging, o, run),
 	}
 	cli.Finish(cmd, o.Flags())
 	cmd.AddCommand(newCertsCommand())
