@@ -42,6 +42,8 @@ command -v go >/dev/null || { echo "go not found (looked on PATH and in /usr/loc
 go version
 apt_install iproute2 ip # network namespaces for the end-to-end tests
 apt_install curl curl # a real proxy client for the HTTP proxy end-to-end tests
+apt_install nftables nft # the edge firewall and the network cut in e2e/ha
+apt_install haproxy haproxy # a real TCP load balancer for the high-availability tests (e2e/ha)
 if [ "${VERIFY_PROTO:-0}" = 1 ]; then
   apt_install protobuf-compiler protoc
 fi

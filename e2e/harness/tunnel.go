@@ -219,6 +219,10 @@ type AgentOptions struct {
 	// AgentAddr; the agent's health and admin ports are then on the
 	// namespace's loopback, reachable through Node.DialContext.
 	Node *EdgeNode
+	// ServerAddr, when set, is the host:port the agent dials instead of
+	// the server's AgentAddr: a load balancer in front of several server
+	// replicas. StartAgent's server may then be nil.
+	ServerAddr string
 }
 
 // Agent is a running edge-tunnel-agent.
@@ -230,8 +234,9 @@ type Agent struct {
 	AdminURL  string
 }
 
-// StartAgent starts edge-tunnel-agent against s and waits until its
-// /readyz answers 200. Use s.WaitAgents to wait until the server counts it.
+// StartAgent starts edge-tunnel-agent against s (or opts.ServerAddr) and
+// waits until its /readyz answers 200. Use s.WaitAgents to wait until the
+// server counts it.
 func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOptions) *Agent {
 	t.Helper()
 	if opts.Name == "" {
@@ -247,9 +252,16 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 	// --agent-identity=certificate (the default) requires.
 	cert, key := p.AgentCert(t, "agent-"+opts.Name, opts.CertCN, opts.IPv4)
 	ports := FreePorts(t, 2)
-	serverHost, agentPort, err := net.SplitHostPort(s.AgentAddr)
+	serverAddr := opts.ServerAddr
+	if serverAddr == "" {
+		if s == nil {
+			t.Fatalf("harness: StartAgent needs a server or AgentOptions.ServerAddr")
+		}
+		serverAddr = s.AgentAddr
+	}
+	serverHost, agentPort, err := net.SplitHostPort(serverAddr)
 	if err != nil {
-		t.Fatalf("server agent address %q: %v", s.AgentAddr, err)
+		t.Fatalf("server agent address %q: %v", serverAddr, err)
 	}
 	a := &Agent{
 		Name:      opts.Name,
