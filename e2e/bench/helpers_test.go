@@ -1,0 +1,290 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// settleTime lets a process reach the memory it keeps after a burst: the
+// buffers of handshakes and first packets go back to pools, and the Go
+// runtime has had time to run a GC cycle on its own. Nothing is forced:
+// the figures are what an operator's monitoring would see.
+const settleTime = 2 * time.Second
+
+// goroutineSlack is how many goroutines more than before a round a process
+// may still have once everything the round opened is closed (timers, a
+// pooled connection of the metrics scrape).
+const goroutineSlack = 10
+
+func skipUnlessLinux(b *testing.B) {
+	b.Helper()
+	if runtime.GOOS != "linux" {
+		b.Skipf("memory benchmarks read /proc/PID/status and need Linux (GOOS=%s)", runtime.GOOS)
+	}
+}
+
+// envInt reads a positive integer from the environment variable name, or
+// returns def when it is unset.
+func envInt(b *testing.B, name string, def int) int {
+	b.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("$%s=%q: want a positive integer", name, s)
+	}
+	return n
+}
+
+// raiseNoFile lets this process, and the server and agents it starts
+// (children inherit the limit), open n files. Raising the hard limit needs
+// root (CAP_SYS_RESOURCE); without it the benchmark is skipped with a hint.
+func raiseNoFile(b *testing.B, n uint64) {
+	b.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatalf("read RLIMIT_NOFILE: %v", err)
+	}
+	if lim.Cur >= n {
+		return
+	}
+	want := lim
+	want.Cur = n
+	want.Max = max(lim.Max, n)
+	// syscall.Setrlimit also makes children inherit the new soft limit
+	// instead of the one the Go runtime saw at start-up.
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		b.Skipf("need %d open files (RLIMIT_NOFILE is %d, hard %d) and cannot raise it: %v; run as root or set a smaller scale", n, lim.Cur, lim.Max, err)
+	}
+}
+
+// proc is a process whose memory the benchmarks read.
+type proc struct {
+	name      string
+	pid       int
+	healthURL string // serves /metrics
+	adminURL  string // serves /debug/pprof/
+}
+
+// memSample is a process's memory at one moment.
+type memSample struct {
+	rss  int64 // VmRSS: what the kernel charges the process
+	heap int64 // go_memstats_heap_inuse_bytes: spans holding Go objects
+}
+
+func (p proc) memory(b *testing.B) memSample {
+	b.Helper()
+	rss, err := vmRSS(p.pid)
+	if err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	heap, err := harness.Metric(p.healthURL, "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	return memSample{rss: rss, heap: int64(heap)}
+}
+
+// vmRSS reads the resident set size of pid from /proc/PID/status.
+func vmRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read memory of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(rest) // "123456 kB"
+		if len(fields) != 2 || fields[1] != "kB" {
+			return 0, fmt.Errorf("pid %d: unexpected VmRSS line %q", pid, sc.Text())
+		}
+		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: VmRSS %q: %w", pid, fields[0], err)
+		}
+		return kb << 10, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+	}
+	return 0, fmt.Errorf("pid %d: no VmRSS in /proc/%d/status (a zombie?)", pid, pid)
+}
+
+func (p proc) goroutines(b *testing.B) int {
+	b.Helper()
+	n, err := harness.Goroutines(p.adminURL)
+	if err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	return n
+}
+
+// waitGoroutines fails the benchmark when p does not get back to at most
+// want goroutines within timeout: something the round opened was not
+// released.
+func (p proc) waitGoroutines(b *testing.B, want int, timeout time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n := p.goroutines(b)
+		if n <= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s still runs %d goroutines %s after everything was closed, want at most %d: a leak", p.name, n, timeout, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// saveHeapProfile writes p's heap profile to $BENCH_PROFILE_DIR/name.pb.gz
+// when that variable is set. gc=1 makes the profile describe the heap at
+// this moment rather than at the last collection; it is taken after the
+// figures are read, so it does not change them.
+func (p proc) saveHeapProfile(b *testing.B, name string) {
+	b.Helper()
+	dir := os.Getenv("BENCH_PROFILE_DIR")
+	if dir == "" {
+		return
+	}
+	resp, err := http.Get(p.adminURL + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		b.Fatalf("%s heap profile: %v", p.name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("%s heap profile: %s", p.name, resp.Status)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatalf("$BENCH_PROFILE_DIR: %v", err)
+	}
+	path := filepath.Join(dir, name+".pb.gz")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatalf("$BENCH_PROFILE_DIR: %v", err)
+	}
+	_, err = io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Fatalf("write %s: %v", path, err)
+	}
+	b.Logf("%s heap profile: %s (go tool pprof -top -sample_index=inuse_space %s)", p.name, path, path)
+}
+
+// perUnit is (after - before) / n.
+func perUnit(before, after int64, n int) float64 { return float64(after-before) / float64(n) }
+
+// echoCheck writes size bytes and reads them back.
+func echoCheck(c net.Conn, size int) error {
+	out := make([]byte, size)
+	for i := range out {
+		out[i] = byte(i)
+	}
+	if _, err := c.Write(out); err != nil {
+		return fmt.Errorf("write %d bytes: %w", size, err)
+	}
+	in := make([]byte, size)
+	if _, err := io.ReadFull(c, in); err != nil {
+		return fmt.Errorf("read the %d-byte echo: %w", size, err)
+	}
+	if !bytes.Equal(in, out) {
+		return errors.New("the echo differs from what was sent")
+	}
+	return nil
+}
+
+// openTunnel opens a connection to addr through HTTP CONNECT over the
+// server's unix socket, as kube-apiserver's egress selector does, and
+// echoes size bytes through it so that it is established end to end.
+func openTunnel(ctx context.Context, srv *harness.Server, addr string, size int) (net.Conn, error) {
+	c, err := srv.DialUDS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := harness.Connect(c, addr); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := echoCheck(c, size); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("through the tunnel to %s: %w", addr, err)
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// dialLatency measures n times, one after another, a new tunnel to addr,
+// a 64-byte echo through it and its close (the Dial benchmark's unit in
+// pkg/server), and returns the median and 90th percentile.
+func dialLatency(b *testing.B, srv *harness.Server, addr string, n int) (p50, p90 time.Duration) {
+	b.Helper()
+	ds := make([]time.Duration, 0, n)
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		c, err := openTunnel(ctx, srv, addr, 64)
+		if err == nil {
+			err = c.Close()
+		}
+		ds = append(ds, time.Since(start))
+		cancel()
+		if err != nil {
+			b.Fatalf("dial %s: %v", addr, err)
+		}
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)*9/10]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// quietKlog sends klog's output (the in-process agents log every connect
+// and disconnect) to a file in the benchmark's temp dir until it ends.
+func quietKlog(b *testing.B) {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "in-process-agents.log")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatalf("create the in-process agents' log: %v", err)
+	}
+	klog.LogToStderr(false)
+	klog.SetOutput(f)
+	b.Cleanup(func() {
+		klog.Flush()
+		klog.SetOutput(os.Stderr)
+		klog.LogToStderr(true)
+		f.Close()
+	})
+}
