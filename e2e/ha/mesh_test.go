@@ -48,11 +48,10 @@ func TestEveryAgentOnEveryServer(t *testing.T) {
 		}
 	}
 	// Through the load balancer's client frontend: every replica in turn.
-	cfg := c.pki.FrontendClientTLS(t)
 	for i := range 2 * replicas {
 		n := nodes[i%len(nodes)]
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-		conn, err := tunnelViaLB(ctx, c.lb, cfg, n.addr())
+		conn, err := tunnelViaLB(ctx, c.lb, c.clientTLS, n.addr())
 		cancel()
 		if err != nil {
 			t.Errorf("through haproxy to %s: %v", n.addr(), err)

@@ -46,11 +46,18 @@ type Agent struct {
 
 	open atomic.Int64 // dials in progress and open tunneled connections
 
-	mu          sync.Mutex
-	servers     map[string]*serverConn // by serverID
-	serverCount int                    // the largest count a server announced
-	lastErr     error                  // why the last connection attempt failed
-	changed     chan struct{}          // a server connection ended
+	mu      sync.Mutex
+	servers map[string]*serverConn // by serverID
+	// serverCount is the count a server announced last: the newest word on
+	// how many replicas there are, so a count that went down (replicas
+	// removed) lowers the target as one that went up raises it.
+	serverCount int
+	// liveCount holds the serverIDs whose count follows their Leases
+	// (agentpb.FeatureLiveCount): while the agent holds every replica, it
+	// asks one of them for the count every SyncIntervalCap.
+	liveCount map[string]bool
+	lastErr   error         // why the last connection attempt failed
+	changed   chan struct{} // a server connection ended
 }
 
 // New validates cfg and returns an Agent ready to Run.
@@ -92,6 +99,7 @@ func New(cfg Config) (*Agent, error) {
 		dialer:      newDialer(cfg.Identifiers, cfg.AllowedCIDRs),
 		servers:     map[string]*serverConn{},
 		serverCount: 1,
+		liveCount:   map[string]bool{},
 		changed:     make(chan struct{}, 1),
 	}
 	return a, nil
@@ -131,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info("edge-tunnel-agent starting", "server", a.cfg.ServerAddr, "identifiers", a.cfg.Identifiers.String(), "connStreams", a.cfg.ConnStreams)
 	backoff := a.cfg.SyncInterval
+	var lastProbe time.Time
 	for ctx.Err() == nil {
 		if a.connected() < a.wanted() {
 			err := a.connectOnce(ctx)
@@ -148,6 +157,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("Not connected to every server yet; retrying", "connected", a.connected(), "want", a.wanted(), "err", err, "retryIn", wait.Round(time.Millisecond))
 			backoff = min(2*backoff, a.cfg.SyncIntervalCap)
 			a.sleep(ctx, wait)
+			continue
+		}
+		if sc := a.liveCountServer(); sc != nil && time.Since(lastProbe) >= a.cfg.SyncIntervalCap {
+			lastProbe = time.Now()
+			if err := a.probeCount(ctx, sc); err != nil {
+				sc.log.V(2).Info("Count probe failed", "err", err)
+			}
 			continue
 		}
 		a.sleep(ctx, a.cfg.SyncInterval)
@@ -240,11 +256,13 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		log:         a.log.WithValues("serverID", ids[0]),
 		dials:       map[int64]context.CancelFunc{}, conns: map[int64]*tunnel.PacketConn{}}
 
+	live := agentpb.HasFeature(hdr.Get(agentpb.FeaturesKey), agentpb.FeatureLiveCount)
 	a.mu.Lock()
-	a.serverCount = count
+	a.setCount(count, sc.serverID)
 	_, dup := a.servers[sc.serverID]
 	if !dup {
 		a.servers[sc.serverID] = sc
+		a.liveCount[sc.serverID] = live
 	}
 	a.mu.Unlock()
 	if dup {
@@ -259,6 +277,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		cancel()
 		a.mu.Lock()
 		delete(a.servers, sc.serverID)
+		delete(a.liveCount, sc.serverID)
 		if err != nil {
 			a.lastErr = fmt.Errorf("connection to server %s ended: %w", sc.serverID, err)
 		}
@@ -270,6 +289,55 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		default:
 		}
 	}()
+	return nil
+}
+
+// setCount adopts count, the server count serverID announced; a.mu held.
+func (a *Agent) setCount(count int, serverID string) {
+	if count != a.serverCount {
+		a.log.Info("Server count changed", "from", a.serverCount, "to", count, "announcedBy", serverID, "connected", len(a.servers))
+	}
+	a.serverCount = count
+}
+
+// liveCountServer returns a connected server whose count follows its
+// Leases, or nil.
+func (a *Agent) liveCountServer() *serverConn {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, live := range a.liveCount {
+		if live {
+			return a.servers[id]
+		}
+	}
+	return nil
+}
+
+// probeCount asks sc for its current server count on the connection the
+// agent already holds: a Connect marked as a count probe, which the server
+// answers with its handshake header alone. Replicas added since the agent
+// connected raise the target, so the agent dials until it reaches them;
+// replicas gone lower it.
+func (a *Agent) probeCount(ctx context.Context, sc *serverConn) error {
+	pctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	defer cancel()
+	md := metadata.Pairs(agentpb.AgentIDKey, a.cfg.AgentID, agentpb.CountProbeKey, "1")
+	stream, err := agentpb.NewAgentServiceClient(sc.cc).Connect(metadata.NewOutgoingContext(pctx, md))
+	if err != nil {
+		return fmt.Errorf("count probe to server %s: %w", sc.serverID, err)
+	}
+	hdr, err := stream.Header()
+	if err != nil {
+		return fmt.Errorf("count probe to server %s: %w", sc.serverID, err)
+	}
+	counts := hdr.Get(agentpb.ServerCountKey)
+	count, err := strconv.Atoi(first(counts))
+	if len(counts) != 1 || err != nil || count < 1 {
+		return fmt.Errorf("count probe to server %s: want one positive %s, got %q", sc.serverID, agentpb.ServerCountKey, counts)
+	}
+	a.mu.Lock()
+	a.setCount(count, sc.serverID)
+	a.mu.Unlock()
 	return nil
 }
 

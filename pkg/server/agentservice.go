@@ -28,8 +28,11 @@ type agentService struct {
 	agentpb.UnimplementedAgentServiceServer
 	agentpb.UnimplementedConnServiceServer
 
-	serverID    string
-	serverCount int
+	serverID string
+	// serverCount is the count announced now: --server-count, or with
+	// Leases the live replicas (liveCount then offers agents the probe).
+	serverCount func() int
+	liveCount   bool
 	connStreams bool
 	identity    *agentauth.Binder // nil: claims are not checked
 	agents      *registry
@@ -40,6 +43,14 @@ type agentService struct {
 func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, client.Packet]) error {
 	ctx := stream.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(agentpb.CountProbeKey)) > 0 {
+		// A count probe on a connection the agent already holds: the
+		// header is the whole answer, and nothing is registered.
+		if err := stream.SendHeader(a.handshake(false)); err != nil {
+			return status.Errorf(codes.Unavailable, "edge-tunnel-server: answering a count probe: %v", err)
+		}
+		return nil
+	}
 	ids := md.Get(agentpb.AgentIDKey)
 	if len(ids) != 1 || ids[0] == "" {
 		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: the agent must send exactly one %q metadata value, got %d: set --agent-id on the agent", agentpb.AgentIDKey, len(ids))
@@ -62,11 +73,7 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 	}
 	connStreams := a.connStreams && agentpb.HasFeature(md.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams)
 
-	hdr := metadata.Pairs(agentpb.ServerIDKey, a.serverID, agentpb.ServerCountKey, strconv.Itoa(a.serverCount))
-	if a.connStreams {
-		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureConnStreams)
-	}
-	if err := stream.SendHeader(hdr); err != nil {
+	if err := stream.SendHeader(a.handshake(a.connStreams)); err != nil {
 		return status.Errorf(codes.Unavailable, "edge-tunnel-server: sending the handshake header to agent %s: %v", id, err)
 	}
 
@@ -93,6 +100,19 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 	a.m.AgentStreams.WithLabelValues(mode).Dec()
 	s.log.Info("Agent disconnected", "reason", errText(err))
 	return err
+}
+
+// handshake is the response header of Connect: serverID, serverCount and
+// the features this server offers.
+func (a *agentService) handshake(connStreams bool) metadata.MD {
+	hdr := metadata.Pairs(agentpb.ServerIDKey, a.serverID, agentpb.ServerCountKey, strconv.Itoa(a.serverCount()))
+	if connStreams {
+		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureConnStreams)
+	}
+	if a.liveCount {
+		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureLiveCount)
+	}
+	return hdr
 }
 
 func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agentpb.Chunk]) error {

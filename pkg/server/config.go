@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
+	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 )
 
@@ -54,6 +55,11 @@ type Config struct {
 	// of replicas agents should hold a connection to.
 	ServerID    string
 	ServerCount int
+	// Leases, when set, makes this replica renew a Lease of its own and
+	// announce the number of live replica Leases as the server count,
+	// never less than ServerCount (--enable-lease-controller). Its Holder
+	// is ServerID.
+	Leases *leases.Config
 
 	// KeepaliveTime is the interval of gRPC keepalive pings to agents.
 	KeepaliveTime time.Duration

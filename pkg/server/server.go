@@ -26,6 +26,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
 	"github.com/edge-tunnel/edge-tunnel/pkg/frontend"
 	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
+	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
@@ -197,7 +198,12 @@ func (s *Server) Run(ctx context.Context) error {
 	feGRPC := grpc.NewServer(frontendServerOptions()...)
 	frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc")).Register(feGRPC)
 	agentGRPC := grpc.NewServer(s.agentServerOptions()...)
-	svc := &agentService{serverID: s.cfg.ServerID, serverCount: s.cfg.ServerCount, connStreams: s.cfg.ConnStreams,
+	serverCount, runLeases, err := s.serverCount()
+	if err != nil {
+		closeAll()
+		return err
+	}
+	svc := &agentService{serverID: s.cfg.ServerID, serverCount: serverCount, liveCount: runLeases != nil, connStreams: s.cfg.ConnStreams,
 		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
 	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
 	agentpb.RegisterConnServiceServer(agentGRPC, svc)
@@ -218,6 +224,9 @@ func (s *Server) Run(ctx context.Context) error {
 				s.log.Error(err, "The HTTP proxy stopped")
 			}
 		})
+	}
+	if runLeases != nil {
+		goServe(func() { runLeases(ctx) })
 	}
 	if src := s.portsSource(); src != nil {
 		goServe(func() { s.watchPorts(ctx, src) })
@@ -283,6 +292,40 @@ func (s *Server) Run(ctx context.Context) error {
 		os.Remove(s.cfg.UDSName)
 	}
 	return nil
+}
+
+// serverCount returns what the handshake announces as serverCount and,
+// with Leases, the loop that renews this replica's Lease and counts the live
+// ones (it deletes the Lease when its context ends, so the other replicas
+// count this one out as soon as it shuts down).
+func (s *Server) serverCount() (func() int, func(context.Context), error) {
+	floor := s.cfg.ServerCount
+	if s.cfg.Leases == nil {
+		return func() int { return floor }, nil, nil
+	}
+	lc := *s.cfg.Leases
+	lc.Holder = s.cfg.ServerID
+	lc.Log = s.log.WithName("leases")
+	renewer, err := leases.NewRenewer(lc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replica Leases (--enable-lease-controller): %w", err)
+	}
+	counter, err := leases.NewCounter(lc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replica Leases (--enable-lease-controller): %w", err)
+	}
+	count := func() int {
+		n, _ := counter.Count()
+		return max(n, floor)
+	}
+	run := func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); renewer.Run(ctx) }()
+		counter.Run(ctx)
+		wg.Wait()
+	}
+	return count, run, nil
 }
 
 // grpc window sizes. Fixed windows (which turn off BDP estimation) keep the

@@ -24,6 +24,18 @@ const (
 
 	// FeatureConnStreams: one ConnService stream per tunneled connection.
 	FeatureConnStreams = "conn-streams"
+
+	// FeatureLiveCount, offered by the server only: its serverCount follows
+	// the replicas alive now (their Leases), so it may change while an
+	// agent is connected. An agent that holds a connection to every replica
+	// asks again now and then with a count probe.
+	FeatureLiveCount = "live-server-count"
+	// CountProbeKey marks a Connect as a count probe: the server answers
+	// with its handshake header and ends the stream at once, without
+	// registering the agent. Send it only to servers that offered
+	// FeatureLiveCount; an older server would take the probe for a real
+	// agent connection.
+	CountProbeKey = "edge-tunnel-count-probe"
 )
 
 // HasFeature reports whether the FeaturesKey values name want.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/edge-tunnel/edge-tunnel/internal/cli"
 	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
+	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
@@ -76,6 +78,13 @@ type Options struct {
 	ProxyKey         string
 	ProxyCACert      string
 
+	// Replica Leases: each replica renews one in LeaseNamespace, and the
+	// count of live ones is the serverCount agents are told.
+	EnableLeases         bool
+	LeaseDuration        time.Duration
+	LeaseRenewalInterval time.Duration
+	LeaseNamespace       string
+
 	// Health and admin endpoints.
 	HealthBindAddress string
 	HealthPort        int
@@ -111,21 +120,24 @@ type deprecatedFlags struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		UDSMode:          "0660",
-		ServerPort:       8090,
-		AgentPort:        8091,
-		ServerCount:      1,
-		KeepaliveTime:    30 * time.Second,
-		ConnStreams:      true,
-		DialTimeout:      10 * time.Second,
-		DirectDial:       true,
-		PortsConfigMap:   ports.DefaultNamespace + "/" + ports.DefaultName,
-		HealthPort:       8092,
-		AdminBindAddress: "127.0.0.1",
-		AdminPort:        8095,
-		Logging:          logsapi.NewLoggingConfiguration(),
-		getenv:           os.Getenv,
-		hostname:         os.Hostname,
+		UDSMode:              "0660",
+		ServerPort:           8090,
+		AgentPort:            8091,
+		ServerCount:          1,
+		KeepaliveTime:        30 * time.Second,
+		ConnStreams:          true,
+		DialTimeout:          10 * time.Second,
+		DirectDial:           true,
+		PortsConfigMap:       ports.DefaultNamespace + "/" + ports.DefaultName,
+		LeaseDuration:        leases.DefaultDuration,
+		LeaseRenewalInterval: leases.DefaultRenewInterval,
+		LeaseNamespace:       leases.DefaultNamespace,
+		HealthPort:           8092,
+		AdminBindAddress:     "127.0.0.1",
+		AdminPort:            8095,
+		Logging:              logsapi.NewLoggingConfiguration(),
+		getenv:               os.Getenv,
+		hostname:             os.Hostname,
 	}
 }
 
@@ -174,6 +186,16 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.PortsConfig, "ports-config", o.PortsConfig, "Edge-node port policy from the file system instead of the API, re-read when it changes: a mounted ConfigMap edge-tunnel-server-cfg (a directory, one file per key) or a file with its data. For setups without API access; when set, the ConfigMap is not watched through the API.")
 	fs.StringVar(&o.deprecated.proxyStrategies, "proxy-strategies", "", "")
 	fs.MarkDeprecated("proxy-strategies", "ignored: edge-tunnel always routes by destination host (the agent serving that node name or address), and dials other destinations directly when --direct-dial is true.")
+
+	fs = fss.FlagSet("replica leases")
+	fs.BoolVar(&o.EnableLeases, "enable-lease-controller", o.EnableLeases, "Keep a Lease for this replica in --lease-namespace (labels "+leases.Selector()+", named after --server-id) and tell agents the number of live replica Leases as the server count, never less than --server-count: agents then follow the Deployment's scale without a restart. Needs API access (--kubeconfig, or in a pod) and get, list, create, update and delete on leases in --lease-namespace. A replica that stops deletes its Lease; one that dies drops out of the count once its Lease expires.")
+	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "How long a replica still counts after its last renewal (the Lease's leaseDurationSeconds, whole seconds): how late a replica that died is counted out.")
+	fs.DurationVar(&o.LeaseRenewalInterval, "lease-renewal-interval", o.LeaseRenewalInterval, "How often this replica renews its Lease and counts the others'. Keep it at a third of --lease-duration or less, so that a failed renewal or two does not drop the replica from the count.")
+	fs.StringVar(&o.LeaseNamespace, "lease-namespace", o.LeaseNamespace, "Namespace of the replica Leases.")
+	fs.String("lease-label-selector", "", "")
+	fs.MarkDeprecated("lease-label-selector", "ignored: edge-tunnel labels its replica Leases "+leases.Selector()+" and counts those.")
+	fs.Duration("lease-gc-interval", 0, "")
+	fs.MarkDeprecated("lease-gc-interval", "ignored: expired replica Leases are deleted while the Leases are counted, every --lease-renewal-interval.")
 
 	fs = fss.FlagSet("http proxy")
 	fs.StringVar(&o.ProxyBindAddress, "proxy-bind-address", o.ProxyBindAddress, "Address of the HTTP proxy. Empty means all interfaces.")
@@ -246,6 +268,17 @@ func (o *Options) Validate() []error {
 	}
 	if o.ServerCount < 1 {
 		add("--server-count=%d: must be at least 1 (the number of server replicas)", o.ServerCount)
+	}
+	if o.EnableLeases {
+		switch {
+		case o.LeaseDuration < time.Second || o.LeaseDuration%time.Second != 0:
+			add("--lease-duration=%v: give whole seconds, at least 1s (e.g. 15s); a Lease counts its duration in seconds", o.LeaseDuration)
+		case o.LeaseRenewalInterval <= 0 || o.LeaseRenewalInterval >= o.LeaseDuration:
+			add("--lease-renewal-interval=%v: must be positive and shorter than --lease-duration=%v (a third of it or less), or the Lease expires between renewals", o.LeaseRenewalInterval, o.LeaseDuration)
+		}
+		if errs := validation.IsDNS1123Label(o.LeaseNamespace); len(errs) > 0 {
+			add("--lease-namespace=%q: not a namespace name: %s", o.LeaseNamespace, strings.Join(errs, "; "))
+		}
 	}
 	if o.KeepaliveTime <= 0 {
 		add("--keepalive-time=%v: must be positive (e.g. 30s)", o.KeepaliveTime)
@@ -336,6 +369,9 @@ func (o *Options) Config() (server.Config, error) {
 	if err != nil {
 		return server.Config{}, fmt.Errorf("TLS of the agent port (--cluster-cert, --cluster-key, --cluster-ca-cert): %w", err)
 	}
+	if cfg.Leases, err = o.leases(); err != nil {
+		return server.Config{}, err
+	}
 	if cfg.PortsKube, err = o.portsKube(); err != nil {
 		return server.Config{}, err
 	}
@@ -362,6 +398,22 @@ func (o *Options) agentIdentity() string {
 	default:
 		return agentauth.ModeNone
 	}
+}
+
+// leases configures the replica Leases (--enable-lease-controller); nil
+// when off.
+func (o *Options) leases() (*leases.Config, error) {
+	if !o.EnableLeases {
+		return nil, nil
+	}
+	client, err := o.kubeClient()
+	if err != nil {
+		return nil, fmt.Errorf("--enable-lease-controller: %w", err)
+	}
+	if client == nil {
+		return nil, fmt.Errorf("--enable-lease-controller keeps Leases through the Kubernetes API, but the server has no API access: pass --kubeconfig, or run it in a pod with a ServiceAccount token")
+	}
+	return &leases.Config{Client: client, Namespace: o.LeaseNamespace, Duration: o.LeaseDuration, RenewInterval: o.LeaseRenewalInterval}, nil
 }
 
 // portsKube builds the API source of the port policy (see kubeClient for

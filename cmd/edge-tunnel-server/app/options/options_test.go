@@ -56,7 +56,7 @@ func TestDefaults(t *testing.T) {
 func TestFlagSectionsAndNames(t *testing.T) {
 	o := NewOptions()
 	fss := o.Flags()
-	wantOrder := []string{"frontend", "agent connections", "dialing", "http proxy", "health and admin", "logging"}
+	wantOrder := []string{"frontend", "agent connections", "dialing", "replica leases", "http proxy", "health and admin", "logging"}
 	if strings.Join(fss.Order, ",") != strings.Join(wantOrder, ",") {
 		t.Errorf("sections = %q, want %q", fss.Order, wantOrder)
 	}
