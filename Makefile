@@ -65,6 +65,17 @@ docs:
 bench:
 	hack/bench.sh
 
+# Sustained mixed load through a server and three agents on loopback
+# (hack/soak): prints throughput, dials/s, unexpected errors and each
+# process's RSS and goroutines every INTERVAL; fails on an unexpected error
+# or memory that keeps growing (docs/operations.md, "Soak and churn").
+DURATION ?= 5m
+INTERVAL ?= 10s
+
+.PHONY: soak
+soak:
+	$(GO) run ./hack/soak -duration $(DURATION) -interval $(INTERVAL)
+
 fmt:
 	gofmt -w $(GO_FILES)
 

@@ -2,7 +2,8 @@
 # Runs every check CI runs, in order, and says which step failed:
 # gofmt, go vet, the unit and in-process end-to-end tests (with -race), and
 # the konnectivity-client compatibility module under e2e/konnclient against
-# each client version it pins. Installs missing system tools when root.
+# each client version it pins, and a one-minute soak (hack/soak). Installs
+# missing system tools when root.
 #
 # VERIFY_PROTO=1 also checks that the generated protobuf code is up to date
 # (needs protoc; installed from Debian when missing).
@@ -91,6 +92,12 @@ if [ "$status" != 0 ]; then
   grep -nE -B2 -A30 '^\s*--- FAIL|^panic:|DATA RACE' "$log" | head -400 >&2 || tail -100 "$log" >&2
 fi
 [ "$status" = 0 ]
+
+begin "soak (1 minute)"
+# A server and three agents as processes under sustained mixed load
+# (hack/soak); fails on an unexpected error, memory that keeps growing, or
+# connections and goroutines that do not come back afterwards.
+go run ./hack/soak -duration 1m -interval 10s
 
 begin "control-plane end-to-end tests (make e2e)"
 # Real kube-apiserver, etcd and kubectl against edge nodes in network

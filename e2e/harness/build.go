@@ -57,10 +57,16 @@ func Build(t testing.TB) Binaries {
 // from TestMain: func TestMain(m *testing.M) { harness.Main(m) }.
 func Main(m interface{ Run() int }) {
 	code := m.Run()
+	RemoveBuild()
+	os.Exit(code)
+}
+
+// RemoveBuild removes the binaries Build made. Main does it for tests;
+// other programs using the harness (hack/soak) call it when done.
+func RemoveBuild() {
 	if build.dir != "" {
 		os.RemoveAll(build.dir)
 	}
-	os.Exit(code)
 }
 
 func buildAll() (Binaries, error) {
