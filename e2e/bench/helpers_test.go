@@ -24,8 +24,6 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 )
 
-func TestMain(m *testing.M) { harness.Main(m) }
-
 // settleTime lets a process reach the memory it keeps after a burst: the
 // buffers of handshakes and first packets go back to pools, and the Go
 // runtime has had time to run a GC cycle on its own. Nothing is forced:
@@ -60,8 +58,9 @@ func envInt(b *testing.B, name string, def int) int {
 }
 
 // raiseNoFile lets this process, and the server and agents it starts
-// (children inherit the limit), open n files. Raising the hard limit needs
-// root (CAP_SYS_RESOURCE); without it the benchmark is skipped with a hint.
+// (children inherit the limit), open n files each. Raising the hard limit
+// needs CAP_SYS_RESOURCE; without it a scale over the hard limit is
+// skipped with a hint.
 func raiseNoFile(b *testing.B, n uint64) {
 	b.Helper()
 	var lim syscall.Rlimit
@@ -77,7 +76,7 @@ func raiseNoFile(b *testing.B, n uint64) {
 	// syscall.Setrlimit also makes children inherit the new soft limit
 	// instead of the one the Go runtime saw at start-up.
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-		b.Skipf("need %d open files (RLIMIT_NOFILE is %d, hard %d) and cannot raise it: %v; run as root or set a smaller scale", n, lim.Cur, lim.Max, err)
+		b.Skipf("need %d open files per process (RLIMIT_NOFILE is %d, hard %d) and cannot raise the limit: %v; run with CAP_SYS_RESOURCE or set a smaller scale", n, lim.Cur, lim.Max, err)
 	}
 }
 

@@ -31,31 +31,31 @@ const warmupDials = 20
 func BenchmarkIdleConns(b *testing.B) {
 	skipUnlessLinux(b)
 	n := envInt(b, "BENCH_IDLE_CONNS", 10000)
-	// This process holds both ends it owns (client and echo target), the
-	// server and the agent one each; all inherit this limit.
-	raiseNoFile(b, uint64(4*n+1024))
+	// This process holds the client ends, the server and the agent one
+	// file per connection each, the echo process the target ends.
+	raiseNoFile(b, uint64(n+1024))
 
 	bins := harness.Build(b)
 	p := harness.NewPKI(b)
 	srv := harness.StartServer(b, bins, p, harness.ServerOptions{})
 	ag := harness.StartAgent(b, bins, p, srv, harness.AgentOptions{Name: "bench-node", IPv4: "127.0.0.1"})
 	srv.WaitAgents(b, 1)
-	echo := harness.StartEcho(b, "127.0.0.1")
+	echo := startEchoProcess(b)
 	server := proc{"server", srv.PID(), srv.HealthURL, srv.AdminURL}
 	agent := proc{"agent", ag.PID(), ag.HealthURL, ag.AdminURL}
 	dialLatency(b, srv, echo.Addr, warmupDials)
 
 	var srvB, agB, srvHeap, agHeap float64
 	for b.Loop() {
-		srvG, agG := server.goroutines(b), agent.goroutines(b)
+		srvG, agG, echoFDs := server.goroutines(b), agent.goroutines(b), echo.FDs(b)
 		time.Sleep(settleTime)
 		srv0, ag0 := server.memory(b), agent.memory(b)
 
 		start := time.Now()
 		conns := openIdle(b, srv, echo.Addr, n)
 		opened := time.Since(start)
-		if got := echo.Open(); got != n {
-			b.Fatalf("the echo target holds %d connections, want %d", got, n)
+		if got := echo.FDs(b) - echoFDs; got != n {
+			b.Fatalf("the echo process holds %d more files than before, want one per connection (%d)", got, n)
 		}
 		time.Sleep(settleTime)
 		srv1, ag1 := server.memory(b), agent.memory(b)
@@ -70,7 +70,7 @@ func BenchmarkIdleConns(b *testing.B) {
 		for _, c := range conns {
 			c.Close()
 		}
-		waitFor(b, 30*time.Second, "the echo target's connections to close", func() bool { return echo.Open() == 0 })
+		waitFor(b, 30*time.Second, "the echo process's connections to close", func() bool { return echo.FDs(b) <= echoFDs })
 		server.waitGoroutines(b, srvG+goroutineSlack, 30*time.Second)
 		agent.waitGoroutines(b, agG+goroutineSlack, 30*time.Second)
 	}
@@ -147,7 +147,7 @@ func BenchmarkManyAgents(b *testing.B) {
 	skipUnlessLinux(b)
 	count := envInt(b, "BENCH_AGENTS", 10000)
 	// One agent connection each in this process and in the server.
-	raiseNoFile(b, uint64(2*count+4096))
+	raiseNoFile(b, uint64(count+1024))
 
 	bins := harness.Build(b)
 	p := harness.NewPKI(b)
