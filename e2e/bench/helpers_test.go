@@ -90,8 +90,13 @@ type proc struct {
 
 // memSample is a process's memory at one moment.
 type memSample struct {
-	rss  int64 // VmRSS: what the kernel charges the process
-	heap int64 // go_memstats_heap_inuse_bytes: spans holding Go objects
+	rss   int64 // VmRSS: what the kernel charges the process
+	heap  int64 // go_memstats_heap_inuse_bytes: spans holding Go objects
+	stack int64 // go_memstats_stack_inuse_bytes: goroutine stacks
+}
+
+func (m memSample) String() string {
+	return fmt.Sprintf("RSS %d MiB, heap %d MiB, stacks %d MiB", m.rss>>20, m.heap>>20, m.stack>>20)
 }
 
 func (p proc) memory(b *testing.B) memSample {
@@ -104,7 +109,11 @@ func (p proc) memory(b *testing.B) memSample {
 	if err != nil {
 		b.Fatalf("%s: %v", p.name, err)
 	}
-	return memSample{rss: rss, heap: int64(heap)}
+	stack, err := harness.Metric(p.healthURL, "go_memstats_stack_inuse_bytes")
+	if err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	return memSample{rss: rss, heap: int64(heap), stack: int64(stack)}
 }
 
 // vmRSS reads the resident set size of pid from /proc/PID/status.

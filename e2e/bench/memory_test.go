@@ -61,9 +61,10 @@ func BenchmarkIdleConns(b *testing.B) {
 		srv1, ag1 := server.memory(b), agent.memory(b)
 		srvB, agB = perUnit(srv0.rss, srv1.rss, n), perUnit(ag0.rss, ag1.rss, n)
 		srvHeap, agHeap = perUnit(srv0.heap, srv1.heap, n), perUnit(ag0.heap, ag1.heap, n)
-		b.Logf("%d idle connections opened in %s; server RSS %d -> %d MiB, heap %d -> %d MiB; agent RSS %d -> %d MiB, heap %d -> %d MiB",
-			n, opened.Round(time.Millisecond), srv0.rss>>20, srv1.rss>>20, srv0.heap>>20, srv1.heap>>20,
-			ag0.rss>>20, ag1.rss>>20, ag0.heap>>20, ag1.heap>>20)
+		srvG1, agG1 := server.goroutines(b), agent.goroutines(b)
+		b.Logf("%d idle connections opened in %s", n, opened.Round(time.Millisecond))
+		b.Logf("server: %s -> %s; goroutines %d -> %d (%.1f per connection)", srv0, srv1, srvG, srvG1, perUnit(int64(srvG), int64(srvG1), n))
+		b.Logf("agent:  %s -> %s; goroutines %d -> %d (%.1f per connection)", ag0, ag1, agG, agG1, perUnit(int64(agG), int64(agG1), n))
 		server.saveHeapProfile(b, fmt.Sprintf("idle-conns-%d-server", n))
 		agent.saveHeapProfile(b, fmt.Sprintf("idle-conns-%d-agent", n))
 
@@ -190,15 +191,15 @@ func BenchmarkManyAgents(b *testing.B) {
 		})
 		connected := time.Since(start)
 		time.Sleep(settleTime)
-		after := server.memory(b)
+		after, srvG1 := server.memory(b), server.goroutines(b)
 		perAgent, heapPerAgent = perUnit(before.rss, after.rss, count), perUnit(before.heap, after.heap, count)
 		server.saveHeapProfile(b, fmt.Sprintf("many-agents-%d-server", count))
 
 		var p90Many time.Duration
 		p50Many, p90Many = dialLatency(b, srv, echo.Addr, samples)
-		b.Logf("%d agents connected in %s; server RSS %d -> %d MiB, heap %d -> %d MiB; dial p50 %.3f -> %.3f ms, p90 %.3f -> %.3f ms",
-			count, connected.Round(time.Millisecond), before.rss>>20, after.rss>>20, before.heap>>20, after.heap>>20,
-			ms(p50One), ms(p50Many), ms(p90One), ms(p90Many))
+		b.Logf("%d agents connected in %s", count, connected.Round(time.Millisecond))
+		b.Logf("server: %s -> %s; goroutines %d -> %d (%.1f per agent)", before, after, srvG, srvG1, perUnit(int64(srvG), int64(srvG1), count))
+		b.Logf("dial p50 %.3f -> %.3f ms, p90 %.3f -> %.3f ms", ms(p50One), ms(p50Many), ms(p90One), ms(p90Many))
 
 		if err := f.stop(time.Minute); err != nil {
 			b.Fatal(err)
