@@ -66,7 +66,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, errors.New("no server address: set --proxy-server-host and --proxy-server-port")
 	}
 	if cfg.TLS == nil {
-		return nil, errors.New("no TLS configuration for the server connection: set --ca-cert, --agent-cert and --agent-key")
+		return nil, errors.New("no TLS configuration for the server connection: set --ca-cert, and --agent-cert and --agent-key or --service-account-token-path")
 	}
 	if cfg.AgentID == "" {
 		return nil, errors.New("agent ID is empty: set --agent-id or NODE_NAME")
@@ -223,6 +223,15 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		features = agentpb.FeatureConnStreams
 	}
 	md := metadata.Pairs(agentpb.AgentIDKey, a.cfg.AgentID, agentpb.AgentIdentifiersKey, a.cfg.Identifiers.String(), agentpb.FeaturesKey, features)
+	if a.cfg.TokenFile != "" {
+		token, err := ReadToken(a.cfg.TokenFile)
+		if err != nil {
+			cc.Close()
+			a.m.ConnectErrors.WithLabelValues("config").Inc()
+			return err
+		}
+		md.Append("authorization", "Bearer "+token)
+	}
 	sctx, cancel := context.WithCancel(a.connCtx)
 	stream, err := agentpb.NewAgentServiceClient(cc).Connect(metadata.NewOutgoingContext(sctx, md))
 	var hdr metadata.MD

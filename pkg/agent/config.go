@@ -18,6 +18,10 @@ type Config struct {
 	ServerAddr string
 	// TLS is the client TLS config (CA, client certificate, server name).
 	TLS *tls.Config
+	// TokenFile, when set, is a ServiceAccount token file whose content is
+	// sent as "authorization: Bearer TOKEN" on every control stream. It is
+	// read on every connect, as the kubelet rotates it.
+	TokenFile string
 
 	// AgentID names this agent (normally the node name).
 	AgentID string

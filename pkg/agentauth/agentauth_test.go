@@ -95,7 +95,7 @@ func TestCheck(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = tc.binder.Check(context.Background(), tc.cert, tc.agentID, ids)
+			err = tc.binder.Check(context.Background(), Credentials{Certificate: tc.cert}, tc.agentID, ids)
 			if tc.reason == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -124,14 +124,15 @@ func TestCheckLookupError(t *testing.T) {
 	nodes := &staticNodes{err: errors.New("connection refused")}
 	b := Binder{Nodes: nodes}
 	ids, _ := identity.Parse("ipv4=192.0.2.10")
-	err := b.Check(context.Background(), cert("system:node:edge-a"), "edge-a", ids)
+	err := b.Check(context.Background(), Credentials{Certificate: cert("system:node:edge-a")}, "edge-a", ids)
 	var r *Refusal
-	if err == nil || errors.As(err, &r) || !strings.Contains(err.Error(), "connection refused") {
-		t.Fatalf("got %v, want the lookup error", err)
+	var le *LookupError
+	if err == nil || errors.As(err, &r) || !errors.As(err, &le) || le.Reason != ReasonNodeLookup || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("got %v, want a LookupError (%s) with the lookup error", err, ReasonNodeLookup)
 	}
 	// An address proven by the certificate needs no lookup.
 	nodes.asked = nil
-	if err := b.Check(context.Background(), cert("system:node:edge-a", "192.0.2.10"), "edge-a", ids); err != nil || len(nodes.asked) != 0 {
+	if err := b.Check(context.Background(), Credentials{Certificate: cert("system:node:edge-a", "192.0.2.10")}, "edge-a", ids); err != nil || len(nodes.asked) != 0 {
 		t.Fatalf("got %v after %d lookups, want no error and no lookup", err, len(nodes.asked))
 	}
 }

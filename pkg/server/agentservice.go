@@ -68,7 +68,7 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: agent %s sent %d %q metadata values; send at most one", id, len(v), agentpb.AgentIdentifiersKey)
 	}
 	p, _ := peer.FromContext(ctx)
-	if err := a.checkIdentity(ctx, p, id, idents); err != nil {
+	if err := a.checkIdentity(ctx, p, md, id, idents); err != nil {
 		return err
 	}
 	connStreams := a.connStreams && agentpb.HasFeature(md.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams)
@@ -141,15 +141,16 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 	return nil
 }
 
-// checkIdentity refuses an agent whose client certificate does not prove
-// the node it claims, before it is registered: a rogue agent never becomes
-// a route, so dials for the node it names keep going to the real agent.
-func (a *agentService) checkIdentity(ctx context.Context, p *peer.Peer, id string, idents identity.Identifiers) error {
+// checkIdentity refuses an agent whose client certificate or ServiceAccount
+// token does not prove the node it claims, before it is registered: a
+// rogue agent never becomes a route, so dials for the node it names keep
+// going to the real agent.
+func (a *agentService) checkIdentity(ctx context.Context, p *peer.Peer, md metadata.MD, id string, idents identity.Identifiers) error {
 	if a.identity == nil {
 		return nil
 	}
 	cert := peerCert(p)
-	err := a.identity.Check(ctx, cert, id, idents)
+	err := a.identity.Check(ctx, agentauth.Credentials{Certificate: cert, Authorization: md.Get("authorization")}, id, idents)
 	if err == nil {
 		return nil
 	}
@@ -160,13 +161,26 @@ func (a *agentService) checkIdentity(ctx context.Context, p *peer.Peer, id strin
 	log := a.log.WithValues("agentID", id, "peer", peerAddr(p), "certificate", subject, "identifiers", idents.String())
 	var r *agentauth.Refusal
 	if !errors.As(err, &r) {
-		a.m.AgentIdentityRefusals.WithLabelValues(agentauth.ReasonNodeLookup).Inc()
-		log.Error(err, "Agent refused: its claimed addresses could not be checked")
-		return status.Errorf(codes.Unavailable, "edge-tunnel-server: cannot check the addresses agent %s claims: %v; the agent will retry", id, err)
+		reason := agentauth.ReasonNodeLookup
+		var le *agentauth.LookupError
+		if errors.As(err, &le) {
+			reason = le.Reason
+		}
+		a.m.AgentIdentityRefusals.WithLabelValues(reason).Inc()
+		log.Error(err, "Agent refused: its identity could not be checked")
+		return status.Errorf(codes.Unavailable, "edge-tunnel-server: cannot check the identity agent %s claims: %v; the agent will retry", id, err)
 	}
 	a.m.AgentIdentityRefusals.WithLabelValues(r.Reason).Inc()
-	log.Info("Agent refused: its client certificate does not prove the node it claims", "reason", r.Reason,
-		"proven", r.Proven, "claim", r.Claim, "detail", r.Detail)
+	if r.Unauthenticated() {
+		log.Info("Agent refused: its credential is missing or not accepted", "reason", r.Reason, "detail", r.Detail)
+		return status.Errorf(codes.Unauthenticated, "edge-tunnel-server: agent %s refused: %v", id, err)
+	}
+	credential := r.Credential
+	if credential == "" {
+		credential = "certificate"
+	}
+	log.Info("Agent refused: its credential does not prove the node it claims", "reason", r.Reason,
+		"credential", credential, "proven", r.Proven, "claim", r.Claim, "detail", r.Detail)
 	return status.Errorf(codes.PermissionDenied, "edge-tunnel-server: agent %s refused: %v", id, err)
 }
 

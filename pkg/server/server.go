@@ -376,13 +376,4 @@ func frontendTLS(c *tls.Config) *tls.Config {
 }
 
 // identityMode names the --agent-identity mode for the start-up log line.
-func identityMode(b *agentauth.Binder) string {
-	switch {
-	case b == nil:
-		return agentauth.ModeNone
-	case b.AllowNetworks:
-		return agentauth.ModeCertificate + " (networks allowed)"
-	default:
-		return agentauth.ModeCertificate
-	}
-}
+func identityMode(b *agentauth.Binder) string { return b.Mode() }

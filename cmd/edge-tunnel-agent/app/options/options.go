@@ -46,10 +46,13 @@ type Options struct {
 	CACert          string
 	AgentCert       string
 	AgentKey        string
-	SyncInterval    time.Duration
-	SyncIntervalCap time.Duration
-	KeepaliveTime   time.Duration
-	ConnStreams     bool
+	// ServiceAccountTokenPath is a projected ServiceAccount token the agent
+	// sends to the server (re-read on every connect, as it rotates).
+	ServiceAccountTokenPath string
+	SyncInterval            time.Duration
+	SyncIntervalCap         time.Duration
+	KeepaliveTime           time.Duration
+	ConnStreams             bool
 
 	// Identity and what the agent may dial.
 	AgentID          string
@@ -77,9 +80,8 @@ type Options struct {
 
 // deprecatedFlags only exist so that parsing does not fail; nothing reads them.
 type deprecatedFlags struct {
-	probeInterval           time.Duration
-	syncForever             bool
-	serviceAccountTokenPath string
+	probeInterval time.Duration
+	syncForever   bool
 }
 
 // NewOptions returns the defaults.
@@ -110,8 +112,9 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.IntVar(&o.ProxyServerPort, "proxy-server-port", o.ProxyServerPort, "Port of the server's agent port.")
 	fs.StringVar(&o.ServerName, "server-name", o.ServerName, "Name (DNS name or IP address) the server's certificate must carry. Default: --proxy-server-host.")
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "CA bundle that verifies the server's certificate (the CA of the server's --cluster-cert). Required.")
-	fs.StringVar(&o.AgentCert, "agent-cert", o.AgentCert, "Client certificate the agent presents to the server (PEM). Required: the server trusts an agent's node identity only as far as this certificate proves it.")
-	fs.StringVar(&o.AgentKey, "agent-key", o.AgentKey, "Private key of --agent-cert (PEM). Required.")
+	fs.StringVar(&o.AgentCert, "agent-cert", o.AgentCert, "Client certificate the agent presents to the server (PEM). Required unless --service-account-token-path is set: with --agent-identity=certificate the server trusts an agent's node identity only as far as this certificate proves it.")
+	fs.StringVar(&o.AgentKey, "agent-key", o.AgentKey, "Private key of --agent-cert (PEM).")
+	fs.StringVar(&o.ServiceAccountTokenPath, "service-account-token-path", o.ServiceAccountTokenPath, "File with a ServiceAccount token bound to the agent's pod (a projected serviceAccountToken volume with the server's --authentication-audience), sent to the server as \"authorization: Bearer\" metadata; read again on every connection, so a rotated token is used. For a server with --agent-identity=token, which binds the agent to the node its pod runs on. The connection is still TLS, verified with --ca-cert; --agent-cert is then optional.")
 	fs.DurationVar(&o.SyncInterval, "sync-interval", o.SyncInterval, "How often the agent checks that it holds a connection to every server replica, and its first reconnect backoff.")
 	fs.DurationVar(&o.SyncIntervalCap, "sync-interval-cap", o.SyncIntervalCap, "Longest reconnect backoff.")
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to the server; a dead connection is noticed after about twice this.")
@@ -129,8 +132,6 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.MarkDeprecated("probe-interval", "ignored: dead server connections are detected by gRPC keepalive (--keepalive-time).")
 	fs.BoolVar(&o.deprecated.syncForever, "sync-forever", false, "")
 	fs.MarkDeprecated("sync-forever", "ignored: the agent always keeps checking, every --sync-interval, that it is connected to every server replica.")
-	fs.StringVar(&o.deprecated.serviceAccountTokenPath, "service-account-token-path", "", "")
-	fs.MarkDeprecated("service-account-token-path", "ignored: edge-tunnel agents authenticate with a client certificate (--agent-cert, --agent-key), which binds the agent to its node.")
 
 	fs = fss.FlagSet("identity and dialing")
 	fs.StringVar(&o.AgentID, "agent-id", o.AgentID, "Name of this agent in the server's logs and metrics. Default: $NODE_NAME, else the hostname.")
@@ -169,8 +170,11 @@ func (o *Options) Validate() []error {
 	if o.CACert == "" {
 		add("--ca-cert is required: the CA that signed the server's --cluster-cert; without it the agent cannot tell the server from an impostor")
 	}
-	if o.AgentCert == "" || o.AgentKey == "" {
-		add("--agent-cert and --agent-key are required: the server authenticates agents by client certificate (mutual TLS)")
+	switch {
+	case (o.AgentCert == "") != (o.AgentKey == ""):
+		add("--agent-cert and --agent-key go together: set both, or neither when the agent authenticates with --service-account-token-path")
+	case o.AgentCert == "" && o.ServiceAccountTokenPath == "":
+		add("the agent has no credential: set --agent-cert and --agent-key (a client certificate from the server's --cluster-ca-cert), or --service-account-token-path (a projected ServiceAccount token, for a server with --agent-identity=token)")
 	}
 	for _, err := range []error{
 		cli.CheckPort("--health-server-port", o.HealthServerPort, true),
@@ -235,9 +239,17 @@ func (o *Options) Config() (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, fmt.Errorf("TLS to the server (--ca-cert, --agent-cert, --agent-key): %w", err)
 	}
+	if o.ServiceAccountTokenPath != "" {
+		// Read once here so that a wrong path fails at start, not only in
+		// the connection loop's log.
+		if _, err := agent.ReadToken(o.ServiceAccountTokenPath); err != nil {
+			return agent.Config{}, fmt.Errorf("--service-account-token-path: %w", err)
+		}
+	}
 	return agent.Config{
 		ServerAddr:      net.JoinHostPort(host, strconv.Itoa(o.ProxyServerPort)),
 		TLS:             tlsCfg,
+		TokenFile:       o.ServiceAccountTokenPath,
 		AgentID:         id,
 		Identifiers:     ids,
 		AllowedCIDRs:    cidrs,

@@ -1,8 +1,11 @@
 package options
 
 import (
+	"crypto/tls"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -48,12 +51,11 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestDeprecatedFlagsAreAcceptedAndExplained(t *testing.T) {
-	_, out := parse(t, nil, "--probe-interval=5s", "--sync-forever", "--service-account-token-path=/var/run/token",
+	_, out := parse(t, nil, "--probe-interval=5s", "--sync-forever",
 		"--enable-profiling", "--enable-contention-profiling", "--logtostderr", "--alsologtostderr")
 	for _, want := range []string{
 		"--probe-interval has been deprecated, ignored: dead server connections are detected by gRPC keepalive",
-		"--service-account-token-path has been deprecated",
-		"--agent-cert",
+		"--sync-forever has been deprecated",
 		"--logtostderr has been deprecated",
 	} {
 		if !strings.Contains(out, want) {
@@ -80,7 +82,10 @@ func TestValidate(t *testing.T) {
 		{"host with port", node, with("--proxy-server-host=tunnel:8091"), []string{"port in --proxy-server-port"}},
 		{"bad port", node, with("--proxy-server-port=0"), []string{"--proxy-server-port=0: not a port"}},
 		{"no CA", node, []string{"--proxy-server-host=h", "--agent-cert=c", "--agent-key=k"}, []string{"--ca-cert is required"}},
-		{"no client cert", node, []string{"--proxy-server-host=h", "--ca-cert=ca", "--agent-key=k"}, []string{"--agent-cert and --agent-key are required"}},
+		{"key without cert", node, []string{"--proxy-server-host=h", "--ca-cert=ca", "--agent-key=k"}, []string{"--agent-cert and --agent-key go together"}},
+		{"no credential", node, []string{"--proxy-server-host=h", "--ca-cert=ca"}, []string{"the agent has no credential: set --agent-cert and --agent-key"}},
+		{"token only", node, []string{"--proxy-server-host=h", "--ca-cert=ca", "--service-account-token-path=/var/run/token"}, nil},
+		{"token and cert", node, with("--service-account-token-path=/var/run/token"), nil},
 		{"no identifiers", nil, good, []string{"set --agent-identifiers"}},
 		{"bad identifiers", node, with("--agent-identifiers=ipv4=fd00::1"), []string{"--agent-identifiers: ipv4"}},
 		{"bad NODE_IPS", map[string]string{"NODE_NAME": "edge-1", "NODE_IPS": "10.0.0.5,nope"}, good, []string{`$NODE_IPS: "nope" is not an IP address`}},
@@ -235,5 +240,49 @@ func TestConfigNamesFlagsOfUnreadableFiles(t *testing.T) {
 		"--proxy-server-host=h", "--ca-cert="+p.Path("missing.pem"), "--agent-cert="+p.Cert("leaf"), "--agent-key="+p.Key("leaf"))
 	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--ca-cert") {
 		t.Errorf("err = %v, want it to name --ca-cert", err)
+	}
+}
+
+// TestConfigToken: with --service-account-token-path and no client
+// certificate, the config verifies the server but presents no certificate,
+// and names the token file; a missing or empty file fails at start.
+func TestConfigToken(t *testing.T) {
+	p := clitest.WritePKI(t, "leaf")
+	ca, cert, key := p.CA(), p.Cert("leaf"), p.Key("leaf")
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("header.payload.signature\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"NODE_NAME": "edge-1"}
+	o, _ := parse(t, env, "--proxy-server-host=127.0.0.1", "--ca-cert="+ca, "--service-account-token-path="+token)
+	if errs := o.Validate(); len(errs) != 0 {
+		t.Fatalf("Validate: %v", errors.Join(errs...))
+	}
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatalf("Config: %v", err)
+	}
+	if cfg.TokenFile != token {
+		t.Errorf("TokenFile = %q, want %q", cfg.TokenFile, token)
+	}
+	if cfg.TLS.GetClientCertificate != nil || len(cfg.TLS.Certificates) != 0 {
+		t.Errorf("the TLS config has a client certificate without --agent-cert")
+	}
+	srv := clitest.ServerTLS(t, ca, cert, key)
+	srv.ClientAuth = tls.VerifyClientCertIfGiven
+	if err := clitest.Handshake(t, srv, cfg.TLS); err != nil {
+		t.Errorf("handshake with the server failed: %v", err)
+	}
+
+	empty := filepath.Join(t.TempDir(), "empty")
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	for path, want := range map[string]string{
+		filepath.Join(t.TempDir(), "missing"): "no such file",
+		empty:                                 "is empty",
+	} {
+		o, _ := parse(t, env, "--proxy-server-host=127.0.0.1", "--ca-cert="+ca, "--service-account-token-path="+path)
+		if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--service-account-token-path") || !strings.Contains(err.Error(), want) {
+			t.Errorf("token file %s: err = %v, want it to name the flag and say %q", path, err, want)
+		}
 	}
 }

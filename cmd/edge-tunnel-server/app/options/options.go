@@ -9,6 +9,7 @@
 package options
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"strconv"
@@ -54,11 +55,16 @@ type Options struct {
 	ServerCount      int
 	KeepaliveTime    time.Duration
 	ConnStreams      bool
-	// AgentIdentity is how an agent's claimed node is checked:
-	// agentauth.ModeCertificate or ModeNone; empty means certificate when
-	// ClusterCACert is set, else none.
+	// AgentIdentity is how an agent's claimed node is checked: a
+	// comma-separated list of agentauth.ModeCertificate and ModeToken, or
+	// ModeNone; empty means certificate when ClusterCACert is set, plus
+	// token when AgentServiceAccount is set, else none.
 	AgentIdentity              string
 	AgentIdentityAllowNetworks bool
+	// ServiceAccount token authentication (--agent-identity=token).
+	AuthenticationAudience string
+	AgentNamespace         string
+	AgentServiceAccount    string
 
 	// Dialing.
 	DialTimeout time.Duration
@@ -109,12 +115,9 @@ type Options struct {
 
 // deprecatedFlags only exist so that parsing does not fail; nothing reads them.
 type deprecatedFlags struct {
-	mode                   string
-	proxyStrategies        string
-	deleteExistingUDSFile  bool
-	authenticationAudience string
-	agentNamespace         string
-	agentServiceAccount    string
+	mode                  string
+	proxyStrategies       string
+	deleteExistingUDSFile bool
 }
 
 // NewOptions returns the defaults.
@@ -169,14 +172,11 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents; a dead agent connection is noticed after about twice this.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Offer agents one gRPC stream per tunneled connection, so that a slow reader stalls only its own connection. Agents that do not support it (upstream konnectivity-agent) fall back to the single-stream protocol either way; false forces the single-stream protocol for all agents.")
 	fs.MarkHidden("conn-streams")
-	fs.StringVar(&o.AgentIdentity, "agent-identity", o.AgentIdentity, "How the server checks the node an agent claims. certificate: the agent's client certificate must prove its --agent-id and every identifier it announces: node names from a common name system:node:NAME, else from its DNS SANs; addresses as IP SANs or, with API access (--kubeconfig or in a pod), as addresses of that Node object (needs get on nodes). A mismatch is refused with PermissionDenied. none: any agent with a certificate from --cluster-ca-cert may claim any node. Default: certificate when --cluster-ca-cert is set, else none.")
+	fs.StringVar(&o.AgentIdentity, "agent-identity", o.AgentIdentity, "How the server checks the node an agent claims. certificate: the agent's client certificate must prove its --agent-id and every identifier it announces: node names from a common name system:node:NAME, else from its DNS SANs; addresses as IP SANs or, with API access (--kubeconfig or in a pod), as addresses of that Node object (needs get on nodes). token: the agent sends a ServiceAccount token bound to its pod (agent flag --service-account-token-path); kube-apiserver checks it (TokenReview for --authentication-audience, needs create on tokenreviews), it must belong to --agent-namespace/--agent-service-account, and it proves the node the pod runs on (needs get on pods and nodes); agent ID and host= must be that node's name, ipv4=/ipv6= its addresses. certificate,token: an agent that sends a token is checked by its token, any other by its certificate, which is then optional on the TLS handshake (for a migration, or a mix of agents). A claim the credential does not prove is refused with PermissionDenied, a missing or rejected token with Unauthenticated. none: any agent that passes TLS may claim any node. Default: certificate when --cluster-ca-cert is set, plus token when --agent-service-account is set, else none.")
 	fs.BoolVar(&o.AgentIdentityAllowNetworks, "agent-identity-allow-networks", o.AgentIdentityAllowNetworks, "With --agent-identity=certificate, accept the cidr= and default-route= identifiers, which no certificate can prove: any authenticated agent may then receive dials for the networks it names.")
-	fs.StringVar(&o.deprecated.authenticationAudience, "authentication-audience", "", "")
-	fs.MarkDeprecated("authentication-audience", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
-	fs.StringVar(&o.deprecated.agentNamespace, "agent-namespace", "", "")
-	fs.MarkDeprecated("agent-namespace", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
-	fs.StringVar(&o.deprecated.agentServiceAccount, "agent-service-account", "", "")
-	fs.MarkDeprecated("agent-service-account", "ignored: edge-tunnel does not authenticate agents with ServiceAccount tokens; agents present client certificates, verified against --cluster-ca-cert.")
+	fs.StringVar(&o.AuthenticationAudience, "authentication-audience", o.AuthenticationAudience, "With --agent-identity=token, the audience agents' ServiceAccount tokens must carry (the audience of their projected token volume, e.g. edge-tunnel). A dedicated audience keeps the token useless against kube-apiserver itself.")
+	fs.StringVar(&o.AgentNamespace, "agent-namespace", o.AgentNamespace, "With --agent-identity=token, the namespace of the ServiceAccount whose tokens are accepted (where the agent DaemonSet runs).")
+	fs.StringVar(&o.AgentServiceAccount, "agent-service-account", o.AgentServiceAccount, "With --agent-identity=token, the ServiceAccount (in --agent-namespace) whose tokens are accepted; tokens of any other ServiceAccount are refused. Setting it makes token part of the default --agent-identity.")
 
 	fs = fss.FlagSet("dialing")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "How long a dial through an agent, or a direct dial, may take before the client gets an error.")
@@ -254,14 +254,15 @@ func (o *Options) Validate() []error {
 	if o.ProxyCACert != "" && (o.ProxyCert == "" || o.ProxyKey == "") {
 		add("--proxy-ca-cert authenticates clients over TLS, so it needs --proxy-cert and --proxy-key")
 	}
-	switch o.AgentIdentity {
-	case "", agentauth.ModeNone:
-	case agentauth.ModeCertificate:
-		if o.ClusterCACert == "" {
-			add("--agent-identity=certificate checks agents' client certificates, so it needs --cluster-ca-cert (the CA that signs them)")
+	if cert, token, err := o.identityMethods(); err != nil {
+		errs = append(errs, err)
+	} else {
+		if cert && o.ClusterCACert == "" {
+			add("--agent-identity=%s checks agents' client certificates, so it needs --cluster-ca-cert (the CA that signs them)", o.agentIdentity())
 		}
-	default:
-		add("--agent-identity=%q: want %s or %s", o.AgentIdentity, agentauth.ModeCertificate, agentauth.ModeNone)
+		if token && (o.AuthenticationAudience == "" || o.AgentNamespace == "" || o.AgentServiceAccount == "") {
+			add("--agent-identity=%s checks agents' ServiceAccount tokens, so it needs --authentication-audience (the audience of the agents' projected tokens, e.g. edge-tunnel), --agent-namespace and --agent-service-account (whose tokens are accepted)", o.agentIdentity())
+		}
 	}
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
@@ -301,14 +302,19 @@ func (o *Options) Validate() []error {
 // wants. The command logs them at start.
 func (o *Options) Warnings() []string {
 	var ws []string
-	if o.ClusterCACert == "" {
+	_, token, _ := o.identityMethods()
+	none := o.agentIdentity() == agentauth.ModeNone
+	if o.ClusterCACert == "" && !token {
 		ws = append(ws, "--cluster-ca-cert is not set: agents are not authenticated, and any agent that reaches the agent port may claim any node")
 	}
-	if o.ClusterCACert != "" && o.AgentIdentity == agentauth.ModeNone {
+	if o.ClusterCACert != "" && none {
 		ws = append(ws, "--agent-identity=none: any agent with a certificate from --cluster-ca-cert may claim any node and receive the traffic meant for it")
 	}
-	if o.AgentIdentityAllowNetworks && o.agentIdentity() != agentauth.ModeCertificate {
+	if o.AgentIdentityAllowNetworks && none {
 		ws = append(ws, "--agent-identity-allow-networks is set but unused because agent identities are not checked (--agent-identity=none)")
+	}
+	if !token && (o.AuthenticationAudience != "" || o.AgentNamespace != "" || o.AgentServiceAccount != "") {
+		ws = append(ws, fmt.Sprintf("--authentication-audience/--agent-namespace/--agent-service-account are set but unused because --agent-identity=%s does not check ServiceAccount tokens", o.agentIdentity()))
 	}
 	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
 		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
@@ -319,7 +325,7 @@ func (o *Options) Warnings() []string {
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
 	}
-	if o.Kubeconfig != "" && o.PortsConfigMap == "" && o.agentIdentity() != agentauth.ModeCertificate {
+	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none {
 		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty and --agent-identity is none (the API is only used to watch the port policy and to look up Node addresses)")
 	}
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
@@ -375,29 +381,95 @@ func (o *Options) Config() (server.Config, error) {
 	if cfg.PortsKube, err = o.portsKube(); err != nil {
 		return server.Config{}, err
 	}
-	if o.agentIdentity() == agentauth.ModeCertificate {
-		cfg.AgentIdentity = &agentauth.Binder{AllowNetworks: o.AgentIdentityAllowNetworks}
-		client, err := o.kubeClient()
-		if err != nil {
-			return server.Config{}, fmt.Errorf("Node lookups for --agent-identity=certificate: %w", err)
-		}
-		if client != nil {
-			cfg.AgentIdentity.Nodes = &agentauth.KubeNodes{Client: client}
-		}
+	if cfg.AgentIdentity, err = o.binder(); err != nil {
+		return server.Config{}, err
+	}
+	if cert, token, _ := o.identityMethods(); cert && token {
+		// Agents with a token need no certificate; one that is presented
+		// must still be from --cluster-ca-cert.
+		optionalClientCert(cfg.AgentTLS)
 	}
 	return cfg, nil
 }
 
+// binder builds the check of agents' claimed identities, nil for none.
+func (o *Options) binder() (*agentauth.Binder, error) {
+	cert, token, err := o.identityMethods()
+	if err != nil {
+		return nil, err
+	}
+	if !cert && !token {
+		return nil, nil
+	}
+	b := &agentauth.Binder{AllowNetworks: o.AgentIdentityAllowNetworks, RequireToken: token && !cert}
+	client, err := o.kubeClient()
+	if err != nil {
+		return nil, fmt.Errorf("Node lookups for --agent-identity=%s: %w", o.agentIdentity(), err)
+	}
+	if client != nil {
+		b.Nodes = &agentauth.KubeNodes{Client: client}
+	}
+	if token {
+		if client == nil {
+			return nil, fmt.Errorf("--agent-identity=%s checks ServiceAccount tokens through the Kubernetes API, but the server has no API access: pass --kubeconfig, or run it in a pod with a ServiceAccount token", o.agentIdentity())
+		}
+		b.Tokens = &agentauth.TokenReviewer{Client: client, Audience: o.AuthenticationAudience,
+			Namespace: o.AgentNamespace, ServiceAccount: o.AgentServiceAccount}
+	}
+	return b, nil
+}
+
+// optionalClientCert lets clients without a certificate complete the TLS
+// handshake, while a certificate that is presented is still verified by
+// the config's own VerifyConnection (tlsutil's check against the CA).
+func optionalClientCert(c *tls.Config) {
+	verify := c.VerifyConnection
+	c.ClientAuth = tls.RequestClientCert
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || verify == nil {
+			return nil
+		}
+		return verify(cs)
+	}
+}
+
 // agentIdentity is --agent-identity with its default filled in.
 func (o *Options) agentIdentity() string {
-	switch {
-	case o.AgentIdentity != "":
+	if o.AgentIdentity != "" {
 		return o.AgentIdentity
-	case o.ClusterCACert != "":
-		return agentauth.ModeCertificate
-	default:
+	}
+	var modes []string
+	if o.ClusterCACert != "" {
+		modes = append(modes, agentauth.ModeCertificate)
+	}
+	if o.AgentServiceAccount != "" {
+		modes = append(modes, agentauth.ModeToken)
+	}
+	if len(modes) == 0 {
 		return agentauth.ModeNone
 	}
+	return strings.Join(modes, ",")
+}
+
+// identityMethods parses agentIdentity: whether certificates and whether
+// tokens prove agents' nodes (neither for none).
+func (o *Options) identityMethods() (cert, token bool, err error) {
+	v := o.agentIdentity()
+	if v == agentauth.ModeNone {
+		return false, false, nil
+	}
+	for _, m := range strings.Split(v, ",") {
+		switch strings.TrimSpace(m) {
+		case agentauth.ModeCertificate:
+			cert = true
+		case agentauth.ModeToken:
+			token = true
+		default:
+			return false, false, fmt.Errorf("--agent-identity=%q: want %s, %s, %s,%s or %s", v,
+				agentauth.ModeCertificate, agentauth.ModeToken, agentauth.ModeCertificate, agentauth.ModeToken, agentauth.ModeNone)
+		}
+	}
+	return cert, token, nil
 }
 
 // leases configures the replica Leases (--enable-lease-controller); nil

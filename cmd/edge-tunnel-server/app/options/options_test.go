@@ -87,15 +87,11 @@ func TestDeprecatedFlagsAreAcceptedAndExplained(t *testing.T) {
 	o, out := parse(t,
 		"--mode=http-connect", "--proxy-strategies=destHost,default", "--enable-profiling",
 		"--enable-contention-profiling", "--delete-existing-uds-file=true",
-		"--authentication-audience=system:konnectivity-server", "--agent-namespace=kube-system",
-		"--agent-service-account=konnectivity-agent",
 		"--logtostderr=true",
 	)
 	for _, want := range []string{
 		"--mode has been deprecated, ignored: edge-tunnel serves gRPC and HTTP CONNECT on the same socket",
 		"--proxy-strategies has been deprecated",
-		"--agent-namespace has been deprecated",
-		"client certificates",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("parse output lacks %q:\n%s", want, out)
@@ -137,7 +133,11 @@ func TestValidate(t *testing.T) {
 		{"file, watch off", append(append([]string{"--ports-config=/etc/ports", "--kubeconfig=/etc/kubeconfig", "--ports-configmap="}, tcp...), certs...), nil},
 		{"agent identity certificate", append(append([]string{"--agent-identity=certificate", "--cluster-ca-cert=ca"}, tcp...), certs...), nil},
 		{"agent identity without CA", append(append([]string{"--agent-identity=certificate"}, tcp...), certs...), []string{"--agent-identity=certificate checks agents' client certificates, so it needs --cluster-ca-cert"}},
-		{"agent identity unknown", append(append([]string{"--agent-identity=cn"}, tcp...), certs...), []string{`--agent-identity="cn": want certificate or none`}},
+		{"agent identity unknown", append(append([]string{"--agent-identity=cn"}, tcp...), certs...), []string{`--agent-identity="cn": want certificate, token, certificate,token or none`}},
+		{"token without its flags", append(append([]string{"--agent-identity=token"}, tcp...), certs...), []string{"--agent-identity=token checks agents' ServiceAccount tokens, so it needs --authentication-audience"}},
+		{"token without audience", append(append([]string{"--agent-namespace=kube-system", "--agent-service-account=edge-tunnel-agent"}, tcp...), certs...), []string{"--agent-identity=token checks agents' ServiceAccount tokens"}},
+		{"token", append(append([]string{"--agent-identity=token", "--authentication-audience=edge-tunnel", "--agent-namespace=kube-system", "--agent-service-account=edge-tunnel-agent"}, tcp...), certs...), nil},
+		{"certificate or token without CA", append(append([]string{"--agent-identity=certificate,token", "--authentication-audience=edge-tunnel", "--agent-namespace=kube-system", "--agent-service-account=edge-tunnel-agent"}, tcp...), certs...), []string{"--agent-identity=certificate,token checks agents' client certificates, so it needs --cluster-ca-cert"}},
 		{"defaults", nil, []string{"needs --server-cert", "needs --server-ca-cert", "--cluster-cert"}},
 	}
 	for _, tc := range cases {
