@@ -18,7 +18,7 @@ import (
 // warnings, the port policy's warnings, logged errors).
 var messageDirs = []string{
 	"pkg/router", "pkg/server", "pkg/frontend", "pkg/httpproxy", "pkg/egress",
-	"pkg/agent", "pkg/ports", "pkg/tlsutil", "pkg/identity", "pkg/certgen", "pkg/pki", "pkg/agentauth", "internal/cli",
+	"pkg/agent", "pkg/ports", "pkg/tlsutil", "pkg/identity", "pkg/certgen", "pkg/pki", "pkg/agentauth", "pkg/leases", "internal/cli",
 	"cmd/edge-tunnel-server/app", "cmd/edge-tunnel-server/app/options",
 	"cmd/edge-tunnel-agent/app", "cmd/edge-tunnel-agent/app/options",
 	"cmd/edge-tunnel-proxy/app", "cmd/edge-tunnel-proxy/app/options",
