@@ -293,8 +293,14 @@ var envRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 // checkServer checks the server Deployment against the objects around it.
 func checkServer(o *objects, c *container, add func(string, ...any)) {
 	w, spec := c.W, &c.W.Template.Spec
-	if w.Kind == "Deployment" && strconv.Itoa(int(w.Replicas)) != c.flag("server-count") {
+	leases := c.flag("enable-lease-controller") == "true"
+	if count := c.port("server-count"); w.Kind == "Deployment" && leases && count > int(w.Replicas) {
+		add("%s: replicas %d but --server-count=%d: with --enable-lease-controller it is the least count agents are told, so they would look for replicas that do not exist; leave it at 1", w.Where, w.Replicas, count)
+	} else if w.Kind == "Deployment" && !leases && count != int(w.Replicas) {
 		add("%s: replicas %d but --server-count=%s: agents would connect to the wrong number of servers", w.Where, w.Replicas, c.flag("server-count"))
+	}
+	if leases {
+		checkLeaseRBAC(o, c, add)
 	}
 	if len(spec.TopologySpreadConstraints) == 0 && (spec.Affinity == nil || spec.Affinity.PodAntiAffinity == nil) {
 		add("%s: replicas are not spread (no topologySpreadConstraints or podAntiAffinity)", w.Where)
@@ -348,6 +354,9 @@ func checkServer(o *objects, c *container, add func(string, ...any)) {
 				continue
 			}
 			for _, rule := range r.Rules {
+				if isLeaseRule(rule) {
+					continue // checkLeaseRBAC
+				}
 				if len(rule.ResourceNames) == 0 || slices.Contains(rule.Verbs, "*") || slices.Contains(rule.Resources, "*") {
 					add("Role %s/%s: a rule without resourceNames or with *: more than the server needs", ns, r.Name)
 				}
@@ -360,6 +369,54 @@ func checkServer(o *objects, c *container, add func(string, ...any)) {
 	}
 	if !granted {
 		add("%s: no Role bound to ServiceAccount %s grants get, list, watch on configmaps/%s in %s", w.Where, sa, name, ns)
+	}
+}
+
+// leaseVerbs are what the replica Leases need (pkg/leases): get, create and
+// update for a replica's own, list to count them all, delete for its own at
+// shutdown and others' expired ones.
+var leaseVerbs = []string{"get", "list", "create", "update", "delete"}
+
+func isLeaseRule(r rbacv1.PolicyRule) bool {
+	return slices.Contains(r.APIGroups, "coordination.k8s.io") && slices.Contains(r.Resources, "leases")
+}
+
+// checkLeaseRBAC checks that a Role in --lease-namespace bound to the
+// server's ServiceAccount grants exactly leaseVerbs on leases.
+func checkLeaseRBAC(o *objects, c *container, add func(string, ...any)) {
+	w, ns := c.W, c.flag("lease-namespace")
+	sa := w.Template.Spec.ServiceAccountName
+	granted := map[string]bool{}
+	for _, rb := range o.RoleBindings {
+		if rb.Namespace != ns || rb.RoleRef.Kind != "Role" || !slices.ContainsFunc(rb.Subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == nsOf(o, w)
+		}) {
+			continue
+		}
+		for _, r := range o.Roles {
+			if r.Namespace != ns || r.Name != rb.RoleRef.Name {
+				continue
+			}
+			for _, rule := range r.Rules {
+				if !isLeaseRule(rule) {
+					continue
+				}
+				if len(rule.APIGroups) != 1 || len(rule.Resources) != 1 || len(rule.ResourceNames) != 0 {
+					add("Role %s/%s: the leases rule must name coordination.k8s.io and leases alone", ns, r.Name)
+				}
+				for _, v := range rule.Verbs {
+					if !slices.Contains(leaseVerbs, v) {
+						add("Role %s/%s: verb %q on leases is more than the server needs (%v)", ns, r.Name, v, leaseVerbs)
+					}
+					granted[v] = true
+				}
+			}
+		}
+	}
+	for _, v := range leaseVerbs {
+		if !granted[v] {
+			add("%s: --enable-lease-controller, but no Role bound to ServiceAccount %s grants get, list, create, update and delete on leases in %s (missing %s)", w.Where, sa, ns, v)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -244,6 +245,30 @@ func TestChecksCatchBreakage(t *testing.T) {
 			replaceArg(&agentContainer(o).Args, "--proxy-server-port=", "--proxy-server-port=9091")
 		},
 		want: "--proxy-server-port=9091, but Service edge-tunnel-server-agents serves the agent port on 8091",
+	}, {
+		name: "lease RBAC missing",
+		objs: func(o *objects) {
+			r := o.Roles[0]
+			r.Rules = slices.DeleteFunc(r.Rules, isLeaseRule)
+		},
+		want: "no Role bound to ServiceAccount edge-tunnel-server grants get, list, create, update and delete on leases in kube-system",
+	}, {
+		name: "lease RBAC too wide",
+		objs: func(o *objects) {
+			for i := range o.Roles[0].Rules {
+				if isLeaseRule(o.Roles[0].Rules[i]) {
+					o.Roles[0].Rules[i].Verbs = append(o.Roles[0].Rules[i].Verbs, "deletecollection")
+				}
+			}
+		},
+		want: `verb "deletecollection" on leases is more than the server needs`,
+	}, {
+		name: "server count above the replicas with Leases",
+		objs: func(o *objects) {
+			c := &o.Deployments[0].Spec.Template.Spec.Containers[0]
+			c.Args = append(c.Args, "--server-count=3")
+		},
+		want: "replicas 2 but --server-count=3: with --enable-lease-controller it is the least count",
 	}}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
