@@ -71,7 +71,6 @@ func main() {
 		r.Fail()
 	}
 	r.finish()
-	harness.RemoveBuild()
 	os.Exit(code)
 }
 
@@ -210,6 +209,12 @@ func run(ctx context.Context, r *runner, cfg config) int {
 		}
 	}
 	stopLoad()
+	if interrupted {
+		// The signal reached the server and agents too (one process
+		// group): there is nothing left to judge.
+		fmt.Printf("soak: interrupted after %s, before the end of -duration\n", time.Since(start).Round(time.Second))
+		return 1
+	}
 	wait()
 	elapsed := time.Since(start)
 
@@ -218,10 +223,6 @@ func run(ctx context.Context, r *runner, cfg config) int {
 		c.ops.Load(), elapsed.Round(time.Second), float64(c.ops.Load())/elapsed.Seconds(),
 		float64(c.bytes.Load())/(1<<30), c.unexpected.Load())
 	if c.unexpected.Load() > 0 {
-		failed = true
-	}
-	if interrupted {
-		fmt.Println("soak: interrupted before the end of -duration")
 		failed = true
 	}
 	if problems := settle(procs, baselines(procs), 15*time.Second); problems != "" {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"testing"
+
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 )
 
 // runner stands in for the testing.TB that e2e/harness's helpers take, so
@@ -36,8 +38,9 @@ func newRunner(ctx context.Context) (*runner, error) {
 	return &runner{ctx: ctx, dir: dir}, nil
 }
 
-// finish runs the cleanups, then removes the work directory unless the run
-// failed, in which case it says where the process logs are.
+// finish runs the cleanups and removes the binaries harness.Build made,
+// then the work directory, unless the run failed: then it says where the
+// process logs are.
 func (r *runner) finish() {
 	r.mu.Lock()
 	undo := r.undo
@@ -46,6 +49,7 @@ func (r *runner) finish() {
 	for i := len(undo) - 1; i >= 0; i-- {
 		undo[i]()
 	}
+	harness.RemoveBuild()
 	if r.Failed() {
 		fmt.Fprintf(os.Stderr, "soak: process logs kept in %s\n", r.dir)
 		return
