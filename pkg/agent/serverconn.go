@@ -227,7 +227,7 @@ type sendCloser struct {
 	closed  bool // CloseSend was done
 }
 
-func (s *sendCloser) Send(c *agentpb.Chunk) error {
+func (s *sendCloser) SendMsg(m any) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -235,7 +235,7 @@ func (s *sendCloser) Send(c *agentpb.Chunk) error {
 	}
 	s.sending = true
 	s.mu.Unlock()
-	err := s.ConnService_ConnClient.Send(c)
+	err := s.ConnService_ConnClient.SendMsg(m)
 	s.mu.Lock()
 	s.sending = false
 	late := s.closing && !s.closed
@@ -246,6 +246,8 @@ func (s *sendCloser) Send(c *agentpb.Chunk) error {
 	}
 	return err
 }
+
+func (s *sendCloser) Send(c *agentpb.Chunk) error { return s.SendMsg(c) }
 
 func (s *sendCloser) CloseSend() error {
 	s.mu.Lock()
@@ -270,6 +272,12 @@ func (c *streamConn) Read(p []byte) (int, error) {
 	if err != nil {
 		c.cancel()
 	}
+	return n, err
+}
+
+func (c *streamConn) WriteChunksTo(w io.Writer) (int64, error) {
+	n, err := c.StreamConn.WriteChunksTo(w)
+	c.cancel()
 	return n, err
 }
 

@@ -145,6 +145,10 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// WriteVectors writes v in one writev when the connection is a plain socket
+// (tunnel data from the agent arrives in several buffers).
+func (c *bufferedConn) WriteVectors(v *net.Buffers) (int64, error) { return v.WriteTo(c.Conn) }
+
 // chanListener is a net.Listener fed by the Mux.
 type chanListener struct {
 	ch     chan net.Conn

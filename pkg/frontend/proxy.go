@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
@@ -227,7 +228,7 @@ func (ps *proxyStream) onData(id int64, data payload) {
 		ps.p.log.V(2).Info("DATA for a connection that is not open on this stream; dropped", "connectionID", id)
 		return
 	}
-	if err := data.WriteData(conn); err != nil {
+	if err := data.WriteData(conn.ReadWriteCloser); err != nil {
 		conn.Close() // pump sees it, sends CLOSE_RSP
 	}
 }
@@ -299,6 +300,17 @@ type dataWriter struct {
 	id  int64
 	dat client.Data
 	pkt client.Packet
+}
+
+// WriteBuffers sends bufs (the payload of a Chunk from the agent, still in
+// gRPC's receive buffers) as one DATA packet without copying it.
+func (w *dataWriter) WriteBuffers(bufs mem.BufferSlice) error {
+	msg := tunnel.DataPacket(w.id, bufs, bufs.Len())
+	w.ps.sendMu.Lock()
+	err := w.ps.stream.SendMsg(msg)
+	w.ps.sendMu.Unlock()
+	msg.Free()
+	return err
 }
 
 func (w *dataWriter) Write(p []byte) (int, error) {

@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
@@ -33,7 +30,12 @@ func (s *Server) Dial(ctx context.Context, frontend, address string) (io.ReadWri
 	s.log.V(4).Info("Dial succeeded", "frontend", frontend, "address", address, "route", kind, "duration", time.Since(start))
 	open := s.m.OpenConns.WithLabelValues(frontend)
 	open.Inc()
-	return &meteredConn{ReadWriteCloser: conn, open: open, in: s.bytesIn, out: s.bytesOut}, nil
+	in, out := s.bytesIn, s.bytesOut
+	return tunnel.Metered(conn, tunnel.Meter{
+		In:     func(n int64) { in.Add(float64(n)) },
+		Out:    func(n int64) { out.Add(float64(n)) },
+		Closed: open.Dec,
+	}), nil
 }
 
 func resultOf(ctx context.Context, err error) string {
@@ -51,33 +53,4 @@ func resultOf(ctx context.Context, err error) string {
 	default:
 		return "error"
 	}
-}
-
-// meteredConn counts the bytes of a tunneled connection and its open gauge.
-type meteredConn struct {
-	io.ReadWriteCloser
-	open    prometheus.Gauge
-	in, out prometheus.Counter
-	once    sync.Once
-}
-
-func (c *meteredConn) Read(p []byte) (int, error) {
-	n, err := c.ReadWriteCloser.Read(p)
-	if n > 0 {
-		c.in.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *meteredConn) Write(p []byte) (int, error) {
-	n, err := c.ReadWriteCloser.Write(p)
-	if n > 0 {
-		c.out.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *meteredConn) Close() error {
-	c.once.Do(c.open.Dec)
-	return c.ReadWriteCloser.Close()
 }

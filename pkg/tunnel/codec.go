@@ -27,8 +27,13 @@ type codec struct{}
 func (codec) Name() string { return "proto" }
 
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
-	if c, ok := v.(*agentpb.Chunk); ok {
-		return marshalChunk(c.Data), nil
+	switch t := v.(type) {
+	case *agentpb.Chunk:
+		return marshalChunk(t.Data), nil
+	case *WireMessage:
+		b := t.bufs
+		t.bufs = nil
+		return b, nil
 	}
 	m, ok := v.(proto.Message)
 	if !ok {
@@ -74,6 +79,41 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(GRPCBufferPool)
 	defer buf.Free()
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+// WireMessage is a message already in wire form, in buffers that Codec
+// hands to gRPC as they are: the way payload moves without a copy. A
+// WireMessage is sent once; gRPC frees its buffers.
+type WireMessage struct {
+	bufs mem.BufferSlice
+	// Room for the common case, one header and one payload buffer, so a
+	// message costs one allocation. gRPC keeps bufs (and so these arrays)
+	// until the message is written; a WireMessage is never reused.
+	hdr [24]byte
+	two [2]mem.Buffer
+}
+
+// newWireMessage returns a message of the header that put writes into a
+// scratch array, followed by payload, whose ownership it takes.
+func newWireMessage(put func(b []byte) []byte, payload mem.BufferSlice) *WireMessage {
+	m := &WireMessage{}
+	h := mem.SliceBuffer(put(m.hdr[:0]))
+	if len(payload) == 1 {
+		m.two = [2]mem.Buffer{h, payload[0]}
+		m.bufs = m.two[:]
+	} else {
+		m.bufs = append(mem.BufferSlice{h}, payload...)
+	}
+	return m
+}
+
+// Free releases the buffers if gRPC did not take them (a send that failed
+// before marshalling). Call it after every send.
+func (m *WireMessage) Free() {
+	if m.bufs != nil {
+		m.bufs.Free()
+		m.bufs = nil
+	}
 }
 
 // chunkBufs holds the payload of one received Chunk in gRPC's own buffers.
@@ -155,6 +195,47 @@ func (c *chunkBufs) read(p []byte) int {
 		c.release()
 	}
 	return n
+}
+
+// detach hands the unread payload to the caller, who owns (and frees) the
+// returned buffers; c is left empty. The slice is new: the one gRPC passed
+// to take is gRPC's, and it frees through it.
+func (c *chunkBufs) detach() mem.BufferSlice {
+	if c.left == 0 {
+		c.release()
+		return nil
+	}
+	out := make(mem.BufferSlice, 0, len(c.bufs)-c.i)
+	for i, b := range c.bufs {
+		switch {
+		case i < c.i:
+			b.Free() // framing only
+		case i == c.i && c.off > 0:
+			head, rest := mem.SplitUnsafe(b, c.off)
+			head.Free()
+			out = append(out, rest)
+		default:
+			out = append(out, b)
+		}
+	}
+	*c = chunkBufs{}
+	return out
+}
+
+// appendViews appends the unread payload's bytes, buffer by buffer, to v.
+// They stay valid until release.
+func (c *chunkBufs) appendViews(v [][]byte) [][]byte {
+	left := c.left
+	for i := c.i; i < len(c.bufs) && left > 0; i++ {
+		d := c.bufs[i].ReadOnlyData()
+		if i == c.i {
+			d = d[c.off:]
+		}
+		d = d[:min(len(d), left)]
+		left -= len(d)
+		v = append(v, d)
+	}
+	return v
 }
 
 // release gives the buffers back to gRPC's pool.

@@ -21,11 +21,24 @@ var (
 )
 
 // Copy copies src to dst until src ends (io.EOF is not an error) or a write
-// fails. It reads with a small pooled buffer and switches to a ChunkSize one
-// while reads keep filling the buffer, so bulk transfers move large chunks
-// and idle connections hold little memory. It deliberately skips
+// fails. When either side is a gRPC stream (a ChunkSource or ChunkSink) the
+// bytes move in gRPC's own buffers without a copy; otherwise Copy reads with
+// a small pooled buffer and switches to a ChunkSize one while reads keep
+// filling the buffer, so bulk transfers move large chunks and idle
+// connections hold little memory. It deliberately skips
 // ReaderFrom/WriterTo, which would pick buffers of their own.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	if s, ok := src.(ChunkSource); ok {
+		return s.WriteChunksTo(dst)
+	}
+	if d, ok := dst.(ChunkSink); ok {
+		return d.ReadChunksFrom(src)
+	}
+	return copyBuffered(dst, src)
+}
+
+// copyBuffered is Copy through a pooled buffer.
+func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 	small, big := smallPool.Get().(*[]byte), (*[]byte)(nil)
 	defer func() {
 		smallPool.Put(small)

@@ -2,22 +2,31 @@ package tunnel
 
 import (
 	"io"
+	"net"
 	"sync"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
 // ChunkStream is the part of a ConnService stream that StreamConn needs. The
 // client side (agent) and the server side (server) of the generated stream
-// both satisfy it.
+// both satisfy it. Messages go through SendMsg so that a WireMessage reaches
+// Codec unchanged.
 type ChunkStream interface {
-	Send(*agentpb.Chunk) error
+	SendMsg(m any) error
 	RecvMsg(m any) error
 }
 
 // StreamConn is one tunneled connection carried by its own gRPC stream. Its
 // flow control is the stream's HTTP/2 window: a Write blocks when the peer's
 // reader is slow, which stalls this connection and nothing else.
+//
+// Besides Read and Write it moves bytes without intermediate copies:
+// ReadChunksFrom sends what it reads in the buffer it read into, and
+// WriteChunksTo writes gRPC's receive buffers themselves. Copy uses them.
 type StreamConn struct {
 	s       ChunkStream
 	closeFn func()
@@ -26,6 +35,9 @@ type StreamConn struct {
 	// Read side, used by one goroutine at a time. With Codec installed the
 	// received payload stays in gRPC's buffers until read.
 	rbufs chunkBufs
+	// Scratch of WriteChunksTo: views of the current payload, and what a
+	// vectored write has not consumed yet (fields, so no write allocates).
+	views, unwritten net.Buffers
 	// Write side, used by one goroutine at a time; reused so a Write does
 	// not allocate a message per chunk (Send marshals synchronously).
 	wmsg agentpb.Chunk
@@ -40,12 +52,20 @@ func NewStreamConn(s ChunkStream, closeFn func()) *StreamConn {
 
 // Read returns bytes of the connection; io.EOF once the peer ended the stream.
 func (c *StreamConn) Read(p []byte) (int, error) {
-	for c.rbufs.left == 0 {
-		if err := c.s.RecvMsg(&c.rbufs); err != nil {
-			return 0, err // io.EOF when the peer ended the stream
-		}
+	if err := c.fill(); err != nil {
+		return 0, err
 	}
 	return c.rbufs.read(p), nil
+}
+
+// fill receives the next non-empty Chunk unless payload is still unread.
+func (c *StreamConn) fill() error {
+	for c.rbufs.left == 0 {
+		if err := c.s.RecvMsg(&c.rbufs); err != nil {
+			return err // io.EOF when the peer ended the stream
+		}
+	}
+	return nil
 }
 
 // Write sends p in chunks of at most ChunkSize. p is not retained.
@@ -54,19 +74,157 @@ func (c *StreamConn) Write(p []byte) (int, error) {
 	for written < len(p) {
 		end := min(written+ChunkSize, len(p))
 		c.wmsg.Data = p[written:end]
-		err := c.s.Send(&c.wmsg)
+		err := c.s.SendMsg(&c.wmsg)
 		c.wmsg.Data = nil
 		if err != nil {
-			if err == io.EOF {
-				// The server returned from its handler: the connection
-				// was closed from the other side.
-				return written, io.ErrClosedPipe
-			}
-			return written, err
+			return written, sendErr(err)
 		}
 		written = end
 	}
 	return written, nil
+}
+
+// sendErr maps the io.EOF of a send on a stream the peer already ended
+// (the server returned from its handler) to a closed-pipe error.
+func sendErr(err error) error {
+	if err == io.EOF {
+		return io.ErrClosedPipe
+	}
+	return err
+}
+
+// BufferWriter is a destination that takes payload buffers as they are, so
+// they go on without a copy (a frontend that wraps them in DATA packets).
+// WriteBuffers owns bufs from the call on and frees them, also on error.
+type BufferWriter interface {
+	WriteBuffers(bufs mem.BufferSlice) error
+}
+
+// VectorWriter is a destination that writes several slices in one call,
+// for wrappers of a net.Conn that hide its writev (net.Buffers.WriteTo
+// uses writev only on the net package's own connection types).
+type VectorWriter interface {
+	WriteVectors(v *net.Buffers) (int64, error)
+}
+
+// WriteChunksTo writes the connection's bytes to w until the peer ends the
+// stream (which is not an error). Each received Chunk goes to w straight
+// from gRPC's receive buffers: to a BufferWriter as the buffers themselves,
+// to anything else in one vectored write (writev on a net.Conn).
+func (c *StreamConn) WriteChunksTo(w io.Writer) (int64, error) {
+	bw, _ := w.(BufferWriter)
+	var total int64
+	for {
+		if err := c.fill(); err != nil {
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+		if bw != nil {
+			n := c.rbufs.left
+			if err := bw.WriteBuffers(c.rbufs.detach()); err != nil {
+				return total, err
+			}
+			total += int64(n)
+			continue
+		}
+		c.views = c.rbufs.appendViews(c.views[:0])
+		c.unwritten = c.views
+		var n int64
+		var err error
+		if vw, ok := w.(VectorWriter); ok {
+			n, err = vw.WriteVectors(&c.unwritten)
+		} else {
+			n, err = c.unwritten.WriteTo(w)
+		}
+		clear(c.views) // drop references into buffers about to be freed
+		c.unwritten = nil
+		c.rbufs.release()
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// ReadChunksFrom sends what r yields until r ends (io.EOF is not an error).
+// Each read lands in a buffer of GRPCBufferPool that gRPC then sends and
+// frees: no copy between the read and the transport. Reads start small, so
+// an idle connection blocks holding little memory, and grow to ChunkSize
+// while they keep filling the buffer.
+func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
+	var total int64
+	size := smallSize
+	for {
+		bp := GRPCBufferPool.Get(size)
+		n, rerr := r.Read(*bp)
+		if n > 0 {
+			*bp = (*bp)[:n]
+			if err := c.sendPayload(mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, n); err != nil {
+				return total, err
+			}
+			total += int64(n)
+		} else {
+			GRPCBufferPool.Put(bp)
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		switch {
+		case n == size && size < ChunkSize:
+			size = ChunkSize
+		case n < size/2 && size > smallSize:
+			size = smallSize
+		}
+	}
+}
+
+// SendBuffers sends bufs, which hold n bytes, as Chunks of at most
+// ChunkSize without copying them. It owns bufs from the call on.
+func (c *StreamConn) SendBuffers(bufs mem.BufferSlice) error {
+	for len(bufs) > 0 {
+		var part mem.BufferSlice
+		part, bufs = splitAt(bufs, ChunkSize)
+		if err := c.sendPayload(part, part.Len()); err != nil {
+			bufs.Free()
+			return err
+		}
+	}
+	return nil
+}
+
+// sendPayload sends payload (n bytes, owned) as one Chunk.
+func (c *StreamConn) sendPayload(payload mem.BufferSlice, n int) error {
+	msg := newWireMessage(func(b []byte) []byte {
+		return protowire.AppendVarint(append(b, chunkTag), uint64(n))
+	}, payload)
+	err := c.s.SendMsg(msg)
+	msg.Free()
+	return sendErr(err)
+}
+
+// splitAt returns the first n bytes of s and the rest, splitting a buffer
+// when n falls inside it. Ownership of every buffer moves to the results.
+func splitAt(s mem.BufferSlice, n int) (head, rest mem.BufferSlice) {
+	for i, b := range s {
+		l := b.Len()
+		if n >= l {
+			n -= l
+			if n == 0 {
+				return s[:i+1], s[i+1:]
+			}
+			continue
+		}
+		left, right := mem.SplitUnsafe(b, n)
+		head = append(s[:i:i], left)
+		rest = append(mem.BufferSlice{right}, s[i+1:]...)
+		return head, rest
+	}
+	return s, nil
 }
 
 // Close ends the stream. It is idempotent and does not block.
