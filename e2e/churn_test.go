@@ -68,11 +68,20 @@ func TestChurn(t *testing.T) {
 	}
 
 	probes := []usage{{"server", e.srv.Goroutines, e.srv.FDs}}
-	gauges := []gauge{{"server", e.srv.Metric, "edge_tunnel_server_open_connections"}}
+	gauges := []gauge{
+		{"server", e.srv.Metric, "edge_tunnel_server_open_connections"},
+		{"server", e.srv.Metric, "edge_tunnel_server_connected_agents"},
+		{"server", e.srv.Metric, "edge_tunnel_server_agent_connections"},
+	}
 	for _, a := range agents {
 		probes = append(probes, usage{a.Name, a.Goroutines, a.FDs})
-		gauges = append(gauges, gauge{a.Name, a.Metric, "edge_tunnel_agent_open_connections"})
+		gauges = append(gauges,
+			gauge{a.Name, a.Metric, "edge_tunnel_agent_open_connections"},
+			gauge{a.Name, a.Metric, "edge_tunnel_agent_server_connections"})
 	}
+	// Nothing has been dialed yet: no open connections, every agent
+	// connected.
+	startGauges := readGauges(t, gauges)
 
 	// Warm up with every kind of operation on every path, so lazily
 	// started goroutines and pooled buffers exist before the baseline.
@@ -87,12 +96,11 @@ func TestChurn(t *testing.T) {
 	if s := runOps(client, warm, churnConcurrency); s.unexpected > 0 {
 		t.Fatalf("warm-up: %d unexpected errors: %s", s.unexpected, strings.Join(s.firstErrors, "\n"))
 	}
-	waitSettled(t, probes, nil, gauges, nil, nodes, churnSettle)
+	waitSettled(t, probes, nil, gauges, startGauges, nodes, churnSettle)
 	before := make([]snapshot, len(probes))
 	for i, p := range probes {
 		before[i] = p.take(t)
 	}
-	startGauges := readGauges(t, gauges)
 	okBefore := make([]float64, len(agents))
 	for i, a := range agents {
 		okBefore[i] = metric(t, a.Metric, "edge_tunnel_agent_dials_total", `result="ok"`)
@@ -276,9 +284,9 @@ func readGauges(t *testing.T, gs []gauge) []float64 {
 
 // waitSettled waits until every probe is within a small tolerance of its
 // baseline snapshot (skipped when baseline is nil), every gauge is back at
-// wantGauges (0 when nil) and no target holds a connection, or fails the
-// test after timeout naming what did not come back.
-func waitSettled(t *testing.T, probes []usage, baseline []snapshot, gauges []gauge, wantGauges []float64, nodes []harness.NodeTargets, timeout time.Duration) {
+// its value in want and no target holds a connection, or fails the test
+// after timeout naming what did not come back.
+func waitSettled(t *testing.T, probes []usage, baseline []snapshot, gauges []gauge, want []float64, nodes []harness.NodeTargets, timeout time.Duration) {
 	t.Helper()
 	const tolerance = 8
 	deadline := time.Now().Add(timeout)
@@ -296,12 +304,8 @@ func waitSettled(t *testing.T, probes []usage, baseline []snapshot, gauges []gau
 			}
 		}
 		for i, v := range readGauges(t, gauges) {
-			want := 0.0
-			if wantGauges != nil {
-				want = wantGauges[i]
-			}
-			if v != want {
-				problems = append(problems, fmt.Sprintf("%s %s %v, want %v", gauges[i].name, gauges[i].metric, v, want))
+			if v != want[i] {
+				problems = append(problems, fmt.Sprintf("%s %s %v, want %v", gauges[i].name, gauges[i].metric, v, want[i]))
 			}
 		}
 		for i, n := range nodes {
