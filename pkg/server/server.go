@@ -356,7 +356,10 @@ func (s *Server) agentServerOptions() []grpc.ServerOption {
 		grpc.Creds(credentials.NewTLS(s.cfg.AgentTLS)),
 		grpc.ForceServerCodecV2(tunnel.Codec),
 		experimental.BufferPool(tunnel.GRPCBufferPool),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: 10 * time.Second}),
+		// A ping unanswered for as long as the interval (at most 10 s) ends
+		// the connection, so a vanished agent is noticed after about twice
+		// --keepalive-time, as the flag says, short settings included.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: min(s.cfg.KeepaliveTime, 10*time.Second)}),
 		// Agents ping on their own schedule (default 15 s); only a ping
 		// flood is refused.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
