@@ -49,7 +49,7 @@ func main() {
 	flag.DurationVar(&cfg.interval, "interval", 10*time.Second, "how often to print a line of figures")
 	flag.IntVar(&cfg.agents, "agents", 3, "edge-tunnel-agents to start (every third speaks the single-stream protocol)")
 	flag.IntVar(&cfg.concurrency, "concurrency", 16, "operations in flight at a time")
-	flag.Uint64Var(&cfg.seed, "seed", 0, "seed of the operation mix (0: a random one, printed)")
+	flag.Uint64Var(&cfg.seed, "seed", 0, "seed of each worker's sequence of operations (0: a random one, printed)")
 	flag.Parse()
 	if err := cfg.check(); err != nil {
 		fmt.Fprintf(os.Stderr, "soak: %v\n", err)
@@ -148,7 +148,7 @@ func run(ctx context.Context, r *runner, cfg config) int {
 		p.baseline = b
 	}
 
-	fmt.Printf("soak: %s of load, %d in flight, %d agents, seed %d (-seed %d replays the mix)\n",
+	fmt.Printf("soak: %s of load, %d in flight, %d agents, seed %d (-seed %d draws the same operations)\n",
 		cfg.duration, cfg.concurrency, cfg.agents, cfg.seed, cfg.seed)
 	fmt.Printf("soak: mix %s; frontends %v\n", mixString(), harness.Frontends)
 	header := fmt.Sprintf("%8s %9s %8s %7s", "elapsed", "MiB/s", "dials/s", "errors")
@@ -204,7 +204,7 @@ func run(ctx context.Context, r *runner, cfg config) int {
 				p.samples = append(p.samples, rd)
 				line += fmt.Sprintf("  %-22s", fmt.Sprintf("%s, %.0f", mib(rd.rss), rd.goroutines))
 			}
-			fmt.Println(line)
+			fmt.Println(strings.TrimRight(line, " "))
 			done = now.Sub(start) >= cfg.duration-cfg.interval/2
 		}
 	}
@@ -228,6 +228,8 @@ func run(ctx context.Context, r *runner, cfg config) int {
 	if problems := settle(procs, baselines(procs), 15*time.Second); problems != "" {
 		fmt.Printf("soak: FAIL: 15 s after the load stopped: %s\n", problems)
 		failed = true
+	} else {
+		fmt.Printf("soak: after the load: no open connections, goroutines within %d of their count before it\n", goroutineSlack)
 	}
 	for _, p := range procs {
 		rss := make([]float64, len(p.samples))
