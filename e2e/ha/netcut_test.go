@@ -129,7 +129,8 @@ func TestNetworkCut(t *testing.T) {
 
 	// A long outage: the agent, too, finds its connections dead (its own
 	// keepalive) and keeps trying to reconnect over the dead link.
-	waitAgentAlone(t, edge, agent, 25*time.Second)
+	// About its --keepalive-time plus 10 s; 20 s seen on a busy machine.
+	waitAgentAlone(t, edge, agent, 40*time.Second)
 	t.Logf("the cut agent counts no server connection %s after the cut", time.Since(cut).Round(time.Millisecond))
 
 	restore()
