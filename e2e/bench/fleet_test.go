@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +22,11 @@ import (
 type fleet struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu sync.Mutex
+	// connectTimes is how long each agent took from its start to holding
+	// its server connection.
+	connectTimes []time.Duration
 }
 
 // agentConnectionsMetric is the agent's gauge of server connections held.
@@ -76,11 +82,16 @@ func startFleet(addr string, tlsCfg *tls.Config, count, concurrency int, timeout
 			defer f.wg.Done()
 			_ = a.Run(ctx)
 		}()
+		start := time.Now()
 		go func() {
 			defer func() { <-sem }()
 			if err := waitConnected(ctx, reg, deadline); err != nil {
 				fail(fmt.Errorf("%s: %w", name, err))
+				return
 			}
+			f.mu.Lock()
+			f.connectTimes = append(f.connectTimes, time.Since(start))
+			f.mu.Unlock()
 		}()
 	}
 	for range concurrency {
@@ -138,6 +149,19 @@ func gauge(reg *prometheus.Registry, name string) (float64, error) {
 		return sum, nil
 	}
 	return 0, fmt.Errorf("agent metrics have no %s", name)
+}
+
+// connectQuantiles returns the median, 99th percentile and maximum of the
+// agents' connect times.
+func (f *fleet) connectQuantiles() (p50, p99, maxT time.Duration) {
+	f.mu.Lock()
+	ds := slices.Clone(f.connectTimes)
+	f.mu.Unlock()
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)*99/100], ds[len(ds)-1]
 }
 
 // stop ends every agent (each drains and closes its connection, as on

@@ -197,7 +197,9 @@ func BenchmarkManyAgents(b *testing.B) {
 
 		var p90Many time.Duration
 		p50Many, p90Many = dialLatency(b, srv, echo.Addr, samples)
-		b.Logf("%d agents connected in %s", count, connected.Round(time.Millisecond))
+		c50, c99, cMax := f.connectQuantiles()
+		b.Logf("%d agents connected in %s, 200 at a time; each took p50 %s, p99 %s, max %s", count, connected.Round(time.Millisecond),
+			c50.Round(time.Millisecond), c99.Round(time.Millisecond), cMax.Round(time.Millisecond))
 		b.Logf("server: %s -> %s; goroutines %d -> %d (%.1f per agent)", before, after, srvG, srvG1, perUnit(int64(srvG), int64(srvG1), count))
 		b.Logf("dial p50 %.3f -> %.3f ms, p90 %.3f -> %.3f ms", ms(p50One), ms(p50Many), ms(p90One), ms(p90Many))
 
