@@ -115,6 +115,7 @@ func check(o *objects, flags map[string]*pflag.FlagSet) []string {
 		}
 	}
 	checkCertificates(o, ws, add)
+	checkTokenAuth(o, cs, add)
 	return p
 }
 
@@ -354,8 +355,8 @@ func checkServer(o *objects, c *container, add func(string, ...any)) {
 				continue
 			}
 			for _, rule := range r.Rules {
-				if isLeaseRule(rule) {
-					continue // checkLeaseRBAC
+				if isLeaseRule(rule) || isAgentPodsRule(rule) {
+					continue // checkLeaseRBAC, checkTokenAuth
 				}
 				if len(rule.ResourceNames) == 0 || slices.Contains(rule.Verbs, "*") || slices.Contains(rule.Resources, "*") {
 					add("Role %s/%s: a rule without resourceNames or with *: more than the server needs", ns, r.Name)

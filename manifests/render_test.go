@@ -85,6 +85,8 @@ type objects struct {
 	ServiceAccounts []*corev1.ServiceAccount
 	Roles           []*rbacv1.Role
 	RoleBindings    []*rbacv1.RoleBinding
+	ClusterRoles    []*rbacv1.ClusterRole
+	ClusterBindings []*rbacv1.ClusterRoleBinding
 	PDBs            []*policyv1.PodDisruptionBudget
 	Certificates    []*certificate
 	Issuers         []*issuer
@@ -155,6 +157,10 @@ func render(t *testing.T, dir string) *objects {
 			objs.Roles = append(objs.Roles, strict(&rbacv1.Role{}).(*rbacv1.Role))
 		case "RoleBinding":
 			objs.RoleBindings = append(objs.RoleBindings, strict(&rbacv1.RoleBinding{}).(*rbacv1.RoleBinding))
+		case "ClusterRole":
+			objs.ClusterRoles = append(objs.ClusterRoles, strict(&rbacv1.ClusterRole{}).(*rbacv1.ClusterRole))
+		case "ClusterRoleBinding":
+			objs.ClusterBindings = append(objs.ClusterBindings, strict(&rbacv1.ClusterRoleBinding{}).(*rbacv1.ClusterRoleBinding))
 		case "PodDisruptionBudget":
 			objs.PDBs = append(objs.PDBs, strict(&policyv1.PodDisruptionBudget{}).(*policyv1.PodDisruptionBudget))
 		case "Certificate":

@@ -52,6 +52,8 @@ func TestManifests(t *testing.T) {
 		"service/edge-tunnel-server", "service/edge-tunnel-server-agents", "configmap/edge-tunnel-server-cfg",
 		"configmap/edge-tunnel-agent-config", "serviceaccount/edge-tunnel-server", "serviceaccount/edge-tunnel-agent",
 		"role/edge-tunnel-server", "rolebinding/edge-tunnel-server",
+		"role/edge-tunnel-server-agent-pods", "rolebinding/edge-tunnel-server-agent-pods",
+		"clusterrole/edge-tunnel-server-agent-identity", "clusterrolebinding/edge-tunnel-server-agent-identity",
 	} {
 		k.MustRun(t, "get", "-n", "kube-system", obj)
 	}
@@ -97,8 +99,20 @@ func TestManifests(t *testing.T) {
 		for _, verb := range []string{"get", "list", "watch"} {
 			canI(serverSA, true, verb, "configmaps/edge-tunnel-server-cfg")
 		}
+		// Agent identity by ServiceAccount token (--agent-identity=token):
+		// TokenReviews, the Node an agent claims, the agents' Pods.
+		canI(serverSA, true, "create", "tokenreviews.authentication.k8s.io")
+		canI(serverSA, true, "get", "nodes/edge-1")
+		canI(serverSA, true, "get", "pods/edge-tunnel-agent-x2k4p")
 		// Nothing more.
 		for _, args := range [][]string{
+			{"list", "nodes"},
+			{"watch", "nodes"},
+			{"update", "nodes/edge-1"},
+			{"get", "pods", "--namespace", "default"},
+			{"watch", "pods"},
+			{"create", "tokenrequests.authentication.k8s.io"},
+			{"create", "serviceaccounts/edge-tunnel-agent/token"},
 			{"list", "secrets"},
 			{"get", "secrets/edge-tunnel-server-certs"},
 			{"get", "configmaps/edge-tunnel-agent-config"},
@@ -107,7 +121,6 @@ func TestManifests(t *testing.T) {
 			{"delete", "configmaps/edge-tunnel-server-cfg"},
 			{"create", "configmaps"},
 			{"list", "pods"},
-			{"get", "nodes"},
 			{"get", "configmaps/edge-tunnel-server-cfg", "--namespace", "default"},
 		} {
 			canI(serverSA, false, args...)

@@ -144,6 +144,9 @@ func (r *Refusal) Error() string {
 	switch r.Reason {
 	case ReasonNoCertificate:
 		msg = "the agent presented no client certificate; the server needs one from --cluster-ca-cert to know which node the agent is"
+		if r.Detail != "" {
+			msg = "the agent presented no client certificate and sent no ServiceAccount token; the server needs one of them to know which node the agent is"
+		}
 	case ReasonNoNodeName:
 		msg = fmt.Sprintf("the client certificate names no node (want common name %q or DNS SANs with the node name); agent claims %s", certCNPrefix+"NAME", r.Claim)
 	case ReasonNetwork:
@@ -171,7 +174,7 @@ func (r *Refusal) Error() string {
 // PermissionDenied.
 func (r *Refusal) Unauthenticated() bool {
 	switch r.Reason {
-	case ReasonNoToken, ReasonBadToken, ReasonServiceAccount, ReasonTokenNotBound:
+	case ReasonNoCertificate, ReasonNoToken, ReasonBadToken, ReasonServiceAccount, ReasonTokenNotBound:
 		return true
 	}
 	return false
@@ -229,7 +232,11 @@ func (b *Binder) Check(ctx context.Context, cred Credentials, agentID string, id
 	}
 	cert := cred.Certificate
 	if cert == nil {
-		return &Refusal{Reason: ReasonNoCertificate, Claim: describe(agentID, ids)}
+		r := &Refusal{Reason: ReasonNoCertificate, Claim: describe(agentID, ids)}
+		if b.Tokens != nil {
+			r.Detail = "a client certificate from --cluster-ca-cert, or a token from --service-account-token-path"
+		}
+		return r
 	}
 	names := NodeNames(cert)
 	if len(names) == 0 {

@@ -195,8 +195,9 @@ func TestTokenOrCertificate(t *testing.T) {
 	if !errors.As(err, &r) || r.Reason != ReasonHost {
 		t.Errorf("token of edge-a with a certificate of edge-b, claiming edge-b: got %v, want the token's refusal", err)
 	}
-	if err := b.Check(context.Background(), Credentials{}, "edge-b", ids); !errors.As(err, &r) || r.Reason != ReasonNoCertificate {
-		t.Errorf("neither credential: got %v, want %s", err, ReasonNoCertificate)
+	err = b.Check(context.Background(), Credentials{}, "edge-b", ids)
+	if !errors.As(err, &r) || r.Reason != ReasonNoCertificate || !r.Unauthenticated() || !strings.Contains(err.Error(), "--service-account-token-path") {
+		t.Errorf("neither credential: got %v, want %s naming both credentials", err, ReasonNoCertificate)
 	}
 	b.Tokens = nil
 	if err := b.Check(context.Background(), Credentials{Certificate: certB, Authorization: []string{"Bearer a"}}, "edge-b", ids); err != nil {
