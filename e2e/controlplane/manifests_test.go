@@ -99,6 +99,12 @@ func TestManifests(t *testing.T) {
 		for _, verb := range []string{"get", "list", "watch"} {
 			canI(serverSA, true, verb, "configmaps/edge-tunnel-server-cfg")
 		}
+		// The replica Leases (--enable-lease-controller): its own and the
+		// others', in kube-system.
+		for _, verb := range []string{"get", "list", "create", "update", "delete"} {
+			canI(serverSA, true, verb, "leases.coordination.k8s.io")
+		}
+		canI(serverSA, true, "update", "leases.coordination.k8s.io/edge-tunnel-server-7d9c6-x2k4p")
 		// Agent identity by ServiceAccount token (--agent-identity=token):
 		// TokenReviews, the Node an agent claims, the agents' Pods.
 		canI(serverSA, true, "create", "tokenreviews.authentication.k8s.io")
@@ -113,6 +119,11 @@ func TestManifests(t *testing.T) {
 			{"watch", "pods"},
 			{"create", "tokenrequests.authentication.k8s.io"},
 			{"create", "serviceaccounts/edge-tunnel-agent/token"},
+			{"watch", "leases.coordination.k8s.io"},
+			{"patch", "leases.coordination.k8s.io"},
+			{"deletecollection", "leases.coordination.k8s.io"},
+			{"get", "leases.coordination.k8s.io", "--namespace", "default"},
+			{"create", "leases.coordination.k8s.io", "--namespace", "kube-node-lease"},
 			{"list", "secrets"},
 			{"get", "secrets/edge-tunnel-server-certs"},
 			{"get", "configmaps/edge-tunnel-agent-config"},
