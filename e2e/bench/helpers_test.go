@@ -172,29 +172,37 @@ func (p proc) waitGoroutines(b *testing.B, want int, timeout time.Duration) {
 	}
 }
 
-// saveHeapProfile writes p's heap profile to $BENCH_PROFILE_DIR/name.pb.gz
-// when that variable is set. gc=1 makes the profile describe the heap at
-// this moment rather than at the last collection; it is taken after the
-// figures are read, so it does not change them.
-func (p proc) saveHeapProfile(b *testing.B, name string) {
+// saveProfiles writes p's heap profile to $BENCH_PROFILE_DIR/name.heap.pb.gz
+// and its goroutines, grouped by stack, to name.goroutines.txt when that
+// variable is set. gc=1 makes the heap profile describe the heap at this
+// moment rather than at the last collection; the profiles are taken after
+// the figures are read, so they do not change them.
+func (p proc) saveProfiles(b *testing.B, name string) {
 	b.Helper()
 	dir := os.Getenv("BENCH_PROFILE_DIR")
 	if dir == "" {
 		return
 	}
-	resp, err := http.Get(p.adminURL + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		b.Fatalf("%s heap profile: %v", p.name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b.Fatalf("%s heap profile: %s", p.name, resp.Status)
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatalf("$BENCH_PROFILE_DIR: %v", err)
 	}
-	path := filepath.Join(dir, name+".pb.gz")
-	f, err := os.Create(path)
+	heap := filepath.Join(dir, name+".heap.pb.gz")
+	p.fetch(b, "/debug/pprof/heap?gc=1", heap)
+	p.fetch(b, "/debug/pprof/goroutine?debug=1", filepath.Join(dir, name+".goroutines.txt"))
+	b.Logf("%s profiles in %s (go tool pprof -top -sample_index=inuse_space %s)", p.name, dir, heap)
+}
+
+func (p proc) fetch(b *testing.B, path, file string) {
+	b.Helper()
+	resp, err := http.Get(p.adminURL + path)
+	if err != nil {
+		b.Fatalf("%s: GET %s: %v", p.name, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("%s: GET %s: %s", p.name, path, resp.Status)
+	}
+	f, err := os.Create(file)
 	if err != nil {
 		b.Fatalf("$BENCH_PROFILE_DIR: %v", err)
 	}
@@ -203,9 +211,8 @@ func (p proc) saveHeapProfile(b *testing.B, name string) {
 		err = cerr
 	}
 	if err != nil {
-		b.Fatalf("write %s: %v", path, err)
+		b.Fatalf("write %s: %v", file, err)
 	}
-	b.Logf("%s heap profile: %s (go tool pprof -top -sample_index=inuse_space %s)", p.name, path, path)
 }
 
 // perUnit is (after - before) / n.

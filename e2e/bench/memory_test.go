@@ -65,8 +65,8 @@ func BenchmarkIdleConns(b *testing.B) {
 		b.Logf("%d idle connections opened in %s", n, opened.Round(time.Millisecond))
 		b.Logf("server: %s -> %s; goroutines %d -> %d (%.1f per connection)", srv0, srv1, srvG, srvG1, perUnit(int64(srvG), int64(srvG1), n))
 		b.Logf("agent:  %s -> %s; goroutines %d -> %d (%.1f per connection)", ag0, ag1, agG, agG1, perUnit(int64(agG), int64(agG1), n))
-		server.saveHeapProfile(b, fmt.Sprintf("idle-conns-%d-server", n))
-		agent.saveHeapProfile(b, fmt.Sprintf("idle-conns-%d-agent", n))
+		server.saveProfiles(b, fmt.Sprintf("idle-conns-%d-server", n))
+		agent.saveProfiles(b, fmt.Sprintf("idle-conns-%d-agent", n))
 
 		for _, c := range conns {
 			c.Close()
@@ -193,7 +193,7 @@ func BenchmarkManyAgents(b *testing.B) {
 		time.Sleep(settleTime)
 		after, srvG1 := server.memory(b), server.goroutines(b)
 		perAgent, heapPerAgent = perUnit(before.rss, after.rss, count), perUnit(before.heap, after.heap, count)
-		server.saveHeapProfile(b, fmt.Sprintf("many-agents-%d-server", count))
+		server.saveProfiles(b, fmt.Sprintf("many-agents-%d-server", count))
 
 		var p90Many time.Duration
 		p50Many, p90Many = dialLatency(b, srv, echo.Addr, samples)
