@@ -1,9 +1,15 @@
-// Command bench runs the tunnel benchmarks of pkg/server and prints figures
-// that compare across machines: each tunnel path as a ratio of direct TCP
-// measured in the same run, and a download beside a stalled reader as a
-// ratio of the same download alone.
+// Command bench runs edge-tunnel's benchmarks and prints one table of
+// figures that compare across machines: every tunnel path as a ratio of
+// direct TCP to the same target measured in the same run, latencies as
+// percentiles, memory per connection and per agent, and allocations per
+// MiB moved. Each row names its goal (docs/performance.md). All traffic
+// stays on loopback.
 //
-//	go run ./hack/bench [-count 3] [-benchtime 5x]
+//	go run ./hack/bench [-count 3] [-benchtime 3x] [-dials 2000] [-memory=true]
+//
+// The throughput and latency figures come from pkg/server's benchmarks
+// (client, server, agent and target in one process); the memory figures
+// from e2e/bench, which runs the server and agent as processes of their own.
 package main
 
 import (
@@ -11,32 +17,44 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 )
 
 func main() {
-	count := flag.Int("count", 3, "runs of each benchmark; the median is reported")
-	benchtime := flag.String("benchtime", "5x", "go test -benchtime")
+	count := flag.Int("count", 3, "runs of each throughput benchmark; the median is reported")
+	benchtime := flag.String("benchtime", "3x", "go test -benchtime of the throughput benchmarks")
+	dials := flag.Int("dials", 2000, "dials per path for the latency percentiles")
+	memory := flag.Bool("memory", true, "also run the memory benchmarks of e2e/bench (10,000 connections, 10,000 agents; about 3 minutes)")
 	flag.Parse()
 
-	args := []string{"test", "-run", "^$", "-bench", "^Benchmark(Download|Upload|Dial|StalledReader)$",
-		"-benchmem", "-count", strconv.Itoa(*count), "-benchtime", *benchtime, "./pkg/server/"}
-	fmt.Fprintf(os.Stderr, "==> go %s\n", strings.Join(args, " "))
-	cmd := exec.Command("go", args...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = nil // the benchmarks' logs are not the point here
-	if err := cmd.Run(); err != nil {
-		os.Stdout.Write(out.Bytes())
-		fmt.Fprintf(os.Stderr, "bench: go test failed: %v\n", err)
-		os.Exit(1)
+	res := map[string]*result{}
+	run := func(args ...string) {
+		fmt.Fprintf(os.Stderr, "==> go %s\n", strings.Join(args, " "))
+		cmd := exec.Command("go", args...)
+		var out bytes.Buffer
+		cmd.Stdout = io.MultiWriter(&out, progress{})
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			os.Stdout.Write(out.Bytes())
+			fmt.Fprintf(os.Stderr, "bench: go test failed: %v\n", err)
+			os.Exit(1)
+		}
+		parse(out.Bytes(), res)
 	}
-	res := parse(out.Bytes())
+	run("test", "-run", "^$", "-bench", "^Benchmark(Download|Upload|ParallelDownload|StalledReader)$",
+		"-benchmem", "-count", strconv.Itoa(*count), "-benchtime", *benchtime, "./pkg/server/")
+	run("test", "-run", "^$", "-bench", "^BenchmarkDial$", "-benchmem", "-count", "1",
+		"-benchtime", strconv.Itoa(*dials)+"x", "./pkg/server/")
+	if *memory {
+		run("test", "-run", "^$", "-bench", ".", "-benchtime", "1x", "-count", "1", "-timeout", "20m", "./e2e/bench/")
+	}
 	if len(res) == 0 {
 		fmt.Fprintln(os.Stderr, "bench: no benchmark results in the output")
 		os.Exit(1)
@@ -44,14 +62,25 @@ func main() {
 	report(res)
 }
 
-type result struct {
-	nsPerOp, mbPerS, bytesPerOp, allocsPerOp []float64
+// progress shows benchmark result lines on stderr as they arrive, so a
+// long run is visibly alive.
+type progress struct{}
+
+func (progress) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(string(p), "\n") {
+		if strings.HasPrefix(l, "Benchmark") {
+			fmt.Fprintln(os.Stderr, "   ", l)
+		}
+	}
+	return len(p), nil
 }
+
+// result holds every value reported under one benchmark name, by unit.
+type result map[string][]float64
 
 var line = regexp.MustCompile(`^Benchmark(\S+?)(-\d+)?\s+\d+\s+(.*)$`)
 
-func parse(out []byte) map[string]*result {
-	res := map[string]*result{}
+func parse(out []byte, res map[string]*result) {
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		m := line.FindStringSubmatch(sc.Text())
@@ -65,88 +94,112 @@ func parse(out []byte) map[string]*result {
 		}
 		f := strings.Fields(m[3])
 		for i := 0; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
-			}
-			switch f[i+1] {
-			case "ns/op":
-				r.nsPerOp = append(r.nsPerOp, v)
-			case "MB/s":
-				r.mbPerS = append(r.mbPerS, v)
-			case "B/op":
-				r.bytesPerOp = append(r.bytesPerOp, v)
-			case "allocs/op":
-				r.allocsPerOp = append(r.allocsPerOp, v)
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				(*r)[f[i+1]] = append((*r)[f[i+1]], v)
 			}
 		}
 	}
-	return res
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
+// get returns the median of unit under name, and whether there was one.
+func get(res map[string]*result, name, unit string) (float64, bool) {
+	r := res[name]
+	if r == nil || len((*r)[unit]) == 0 {
+		return 0, false
 	}
-	s := append([]float64(nil), v...)
+	s := append([]float64(nil), (*r)[unit]...)
 	sort.Float64s(s)
-	return s[len(s)/2]
+	return s[len(s)/2], true
+}
+
+// row is one line of the table.
+type row struct {
+	figure, value, goal, upstream string
 }
 
 func report(res map[string]*result) {
-	paths := []string{"direct", "grpc", "connect", "connect-mtls"}
+	var rows []row
+	add := func(figure, value, goal, upstream string) { rows = append(rows, row{figure, value, goal, upstream}) }
+	ratio := func(name, direct string) (string, bool) {
+		v, ok1 := get(res, name, "MB/s")
+		d, ok2 := get(res, direct, "MB/s")
+		if !ok1 || !ok2 || d == 0 {
+			return "", false
+		}
+		return fmt.Sprintf("%.2f (%.0f / %.0f MB/s)", v/d, v, d), true
+	}
+	const mib = 256 // the transfer benchmarks move 256 MiB per op
 	for _, kind := range []string{"Download", "Upload"} {
-		fmt.Printf("\n%s, 64 MiB per op (median of runs)\n", kind)
-		fmt.Printf("  %-14s %10s %10s %12s %10s\n", "path", "MB/s", "x direct", "allocs/op", "B/op")
-		direct := median(res[kind+"/direct"].mb())
-		for _, p := range paths {
-			r := res[kind+"/"+p]
-			if r == nil {
-				continue
+		for _, p := range []struct{ path, label, goal, up string }{
+			{"grpc", "gRPC frontend", ">= 0.33", map[string]string{"Download": "0.06", "Upload": "0.10-0.13"}[kind]},
+			{"connect", "HTTP CONNECT (UDS)", ">= 0.33", map[string]string{"Download": "0.08", "Upload": "0.10-0.13"}[kind]},
+			{"connect-mtls", "HTTP CONNECT (TCP+mTLS)", "", ""},
+		} {
+			if v, ok := ratio(kind+"/"+p.path, kind+"/direct"); ok {
+				add(fmt.Sprintf("%s 256 MiB, %s / direct", strings.ToLower(kind), p.label), v, p.goal, p.up)
 			}
-			fmt.Printf("  %-14s %10.0f %10.3f %12.0f %10.0f\n", p, median(r.mbPerS), ratio(median(r.mbPerS), direct),
-				median(r.allocsPerOp), median(r.bytesPerOp))
 		}
 	}
-	fmt.Printf("\nNew tunnel + dial + 64-byte echo + close (median of runs)\n")
-	fmt.Printf("  %-14s %10s %10s %12s\n", "path", "ms", "x direct", "allocs/op")
-	direct := median(res["Dial/direct"].ns())
-	for _, p := range paths {
-		r := res["Dial/"+p]
-		if r == nil {
+	for _, p := range []struct{ path, label, goal, up string }{
+		{"grpc", "gRPC, new connection per dial", "<= 0.5 ms", "1.5 ms"},
+		{"connect", "HTTP CONNECT (UDS)", "<= 0.3 ms", "0.9 ms"},
+		{"connect-mtls", "HTTP CONNECT (TCP+mTLS, new TLS per dial)", "", ""},
+		{"direct", "direct TCP", "", "0.09 ms"},
+	} {
+		p50, ok := get(res, "Dial/"+p.path, "p50-ms")
+		if !ok {
 			continue
 		}
-		fmt.Printf("  %-14s %10.3f %10.2f %12.0f\n", p, median(r.nsPerOp)/1e6, ratio(median(r.nsPerOp), direct), median(r.allocsPerOp))
+		p90, _ := get(res, "Dial/"+p.path, "p90-ms")
+		p99, _ := get(res, "Dial/"+p.path, "p99-ms")
+		add("new tunnel + dial + 64-byte echo, "+p.label+": p50 / p90 / p99",
+			fmt.Sprintf("%.3f / %.3f / %.3f ms", p50, p90, p99), p.goal, p.up)
 	}
-	fmt.Printf("\nDownload beside a stalled reader on the same agent (goal: >= 0.90 of alone)\n")
-	fmt.Printf("  %-14s %10s %10s %10s\n", "frontend", "alone", "beside", "ratio")
+	for _, p := range []string{"grpc", "connect"} {
+		if v, ok := ratio("ParallelDownload/"+p, "ParallelDownload/direct"); ok {
+			add(fmt.Sprintf("16 parallel downloads, %s / direct (aggregate)", p), v, "", "")
+		}
+	}
 	for _, fe := range []string{"grpc", "connect"} {
-		alone, beside := res["StalledReader/"+fe+"/alone"], res["StalledReader/"+fe+"/beside-stalled"]
-		if alone == nil || beside == nil {
-			continue
+		a, ok1 := get(res, "StalledReader/"+fe+"/alone", "MB/s")
+		b, ok2 := get(res, "StalledReader/"+fe+"/beside-stalled", "MB/s")
+		if ok1 && ok2 && a > 0 {
+			add("download beside a stalled reader / alone, "+fe, fmt.Sprintf("%.2f (%.0f / %.0f MB/s)", b/a, b, a), ">= 0.9", "0.03 (frozen)")
 		}
-		a, b := median(alone.mbPerS), median(beside.mbPerS)
-		fmt.Printf("  %-14s %10.0f %10.0f %10.2f\n", fe, a, b, ratio(b, a))
 	}
-}
+	if s, ok := get(res, "IdleConns", "server-B/conn"); ok {
+		a, _ := get(res, "IdleConns", "agent-B/conn")
+		sh, _ := get(res, "IdleConns", "server-heap-B/conn")
+		ah, _ := get(res, "IdleConns", "agent-heap-B/conn")
+		add("memory per idle tunneled connection (10,000 open), RSS server / agent",
+			fmt.Sprintf("%.1f / %.1f KB (heap %.1f / %.1f)", s/1000, a/1000, sh/1000, ah/1000), "<= 10 KB each", "~19 / ~12 KB")
+	}
+	if s, ok := get(res, "ManyAgents", "server-B/agent"); ok {
+		r, _ := get(res, "ManyAgents", "dial-ratio")
+		one, _ := get(res, "ManyAgents", "dial-p50-ms-1agent")
+		many, _ := get(res, "ManyAgents", "dial-p50-ms-manyagents")
+		add("server memory per connected agent (10,000 agents, TLS)", fmt.Sprintf("%.1f KB", s/1000), "<= 64 KB", "not measured")
+		add("dial p50 with 10,000 agents / with one", fmt.Sprintf("%.2f (%.3f / %.3f ms)", r, many, one), "<= 2", "")
+	}
+	for _, p := range []string{"grpc", "connect"} {
+		for _, kind := range []string{"Download", "Upload"} {
+			if v, ok := get(res, kind+"/"+p, "allocs/op"); ok {
+				add(fmt.Sprintf("allocations per MiB moved, %s %s (whole process: client included)", strings.ToLower(kind), p),
+					fmt.Sprintf("%.0f", v/mib), "<= 64", "thousands")
+			}
+		}
+	}
 
-func (r *result) mb() []float64 {
-	if r == nil {
-		return nil
+	fmt.Printf("\nedge-tunnel bench: %d cores (GOMAXPROCS %d), %s/%s, %s; loopback only\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	w := []int{len("figure"), len("measured"), len("goal"), len("upstream v0.36")}
+	for _, r := range rows {
+		w[0], w[1], w[2], w[3] = max(w[0], len(r.figure)), max(w[1], len(r.value)), max(w[2], len(r.goal)), max(w[3], len(r.upstream))
 	}
-	return r.mbPerS
-}
-
-func (r *result) ns() []float64 {
-	if r == nil {
-		return nil
+	pr := func(a, b, c, d string) { fmt.Printf("| %-*s | %-*s | %-*s | %-*s |\n", w[0], a, w[1], b, w[2], c, w[3], d) }
+	pr("figure", "measured", "goal", "upstream v0.36")
+	pr(strings.Repeat("-", w[0]), strings.Repeat("-", w[1]), strings.Repeat("-", w[2]), strings.Repeat("-", w[3]))
+	for _, r := range rows {
+		pr(r.figure, r.value, r.goal, r.upstream)
 	}
-	return r.nsPerOp
-}
-
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
 }

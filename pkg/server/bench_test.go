@@ -4,15 +4,27 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 )
 
 // The benchmarks measure the whole data path in one process: client ->
 // frontend -> server -> mTLS gRPC -> agent -> loopback target. Each has a
 // "direct" case (plain TCP to the same target) measured in the same run, so
-// `make bench` can print ratios that do not depend on the machine.
+// `make bench` (hack/bench) can print ratios that do not depend on the
+// machine. Memory per connection and per agent, which needs processes of
+// their own, is measured by e2e/bench.
 
-const transferSize = 64 << 20
+// transferSize is what one transfer benchmark op moves: 256 MiB, or 16 MiB
+// with -short, which CI uses to keep the benchmarks from rotting.
+func transferSize() int64 {
+	if testing.Short() {
+		return 16 << 20
+	}
+	return 256 << 20
+}
 
 type dialFunc func() (net.Conn, error)
 
@@ -55,14 +67,14 @@ func benchTransfer(b *testing.B, op func(net.Conn, int64, []byte) error) {
 	for _, name := range frontends {
 		b.Run(name, func(b *testing.B) {
 			buf := make([]byte, 256<<10)
-			b.SetBytes(transferSize)
+			b.SetBytes(transferSize())
 			b.ReportAllocs()
 			for b.Loop() {
 				c, err := dialers[name]()
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := op(c, transferSize, buf); err != nil {
+				if err := op(c, transferSize(), buf); err != nil {
 					b.Fatal(err)
 				}
 				c.Close()
@@ -71,14 +83,16 @@ func benchTransfer(b *testing.B, op func(net.Conn, int64, []byte) error) {
 	}
 }
 
-// BenchmarkDownload: one 64 MiB download per op.
+// BenchmarkDownload: one 256 MiB download per op.
 func BenchmarkDownload(b *testing.B) { benchTransfer(b, download) }
 
-// BenchmarkUpload: one 64 MiB upload per op.
+// BenchmarkUpload: one 256 MiB upload per op.
 func BenchmarkUpload(b *testing.B) { benchTransfer(b, upload) }
 
 // BenchmarkDial: a new tunnel, a dial, a 64-byte echo and close, as
-// kube-apiserver does for every request it sends through the egress.
+// kube-apiserver does for every request it sends through the egress (a new
+// gRPC connection per dial over the UNIX socket, or a new CONNECT). Besides
+// the mean (ns/op) it reports the 50th, 90th and 99th percentile.
 func BenchmarkDial(b *testing.B) {
 	e := newEnv(b, envOptions{connStreams: true})
 	e.addAgent(b, "node-a", true, "127.0.0.1")
@@ -87,13 +101,81 @@ func BenchmarkDial(b *testing.B) {
 	for _, name := range frontends {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
+			var samples []time.Duration
 			for b.Loop() {
+				start := time.Now()
 				c, err := dialers[name]()
 				if err != nil {
 					b.Fatal(err)
 				}
 				echoRoundTrip(b, c, 64)
+				samples = append(samples, time.Since(start))
 				c.Close()
+			}
+			reportPercentiles(b, samples)
+		})
+	}
+}
+
+// reportPercentiles adds p50, p90 and p99 of samples, in milliseconds.
+func reportPercentiles(b *testing.B, samples []time.Duration) {
+	if len(samples) == 0 {
+		return
+	}
+	slices.Sort(samples)
+	at := func(q float64) float64 {
+		return float64(samples[int(q*float64(len(samples)-1))]) / 1e6
+	}
+	b.ReportMetric(at(0.50), "p50-ms")
+	b.ReportMetric(at(0.90), "p90-ms")
+	b.ReportMetric(at(0.99), "p99-ms")
+}
+
+// parallelDownloads is how many downloads BenchmarkParallelDownload runs at
+// once, each of parallelSize bytes.
+const parallelDownloads = 16
+
+// parallelSize is the size of each parallel download (2 MiB with -short).
+func parallelSize() int64 {
+	if testing.Short() {
+		return 2 << 20
+	}
+	return 32 << 20
+}
+
+// BenchmarkParallelDownload: 16 downloads at once through one agent; the
+// MB/s figure is their aggregate.
+func BenchmarkParallelDownload(b *testing.B) {
+	e := newEnv(b, envOptions{connStreams: true})
+	e.addAgent(b, "node-a", true, "127.0.0.1")
+	dialers := benchDialers(b, e, byteServer(b))
+	for _, name := range []string{"direct", "grpc", "connect"} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(parallelDownloads * parallelSize())
+			b.ReportAllocs()
+			for b.Loop() {
+				var wg sync.WaitGroup
+				errs := make(chan error, parallelDownloads)
+				for range parallelDownloads {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c, err := dialers[name]()
+						if err != nil {
+							errs <- err
+							return
+						}
+						defer c.Close()
+						errs <- download(c, parallelSize(), make([]byte, 256<<10))
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
 		})
 	}

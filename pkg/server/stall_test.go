@@ -71,20 +71,20 @@ func BenchmarkStalledReader(b *testing.B) {
 	for _, fe := range []string{"grpc", "connect"} {
 		dial := dialers[fe]
 		b.Run(fe+"/alone", func(b *testing.B) {
-			b.SetBytes(transferSize)
+			b.SetBytes(transferSize())
 			for b.Loop() {
 				c, err := dial()
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := download(c, transferSize, make([]byte, 256<<10)); err != nil {
+				if err := download(c, transferSize(), make([]byte, 256<<10)); err != nil {
 					b.Fatal(err)
 				}
 				c.Close()
 			}
 		})
 		b.Run(fe+"/beside-stalled", func(b *testing.B) {
-			b.SetBytes(transferSize)
+			b.SetBytes(transferSize())
 			stalled, err := dial()
 			if err != nil {
 				b.Fatal(err)
@@ -100,7 +100,7 @@ func BenchmarkStalledReader(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := download(c, transferSize, make([]byte, 256<<10)); err != nil {
+				if err := download(c, transferSize(), make([]byte, 256<<10)); err != nil {
 					b.Fatal(err)
 				}
 				c.Close()
