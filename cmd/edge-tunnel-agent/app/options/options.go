@@ -116,7 +116,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.AgentKey, "agent-key", o.AgentKey, "Private key of --agent-cert (PEM).")
 	fs.StringVar(&o.ServiceAccountTokenPath, "service-account-token-path", o.ServiceAccountTokenPath, "File with a ServiceAccount token bound to the agent's pod (a projected serviceAccountToken volume with the server's --authentication-audience), sent to the server as \"authorization: Bearer\" metadata; read again on every connection, so a rotated token is used. For a server with --agent-identity=token, which binds the agent to the node its pod runs on. The connection is still TLS, verified with --ca-cert; --agent-cert is then optional.")
 	fs.DurationVar(&o.SyncInterval, "sync-interval", o.SyncInterval, "How often the agent checks that it holds a connection to every server replica, and its first reconnect backoff.")
-	fs.DurationVar(&o.SyncIntervalCap, "sync-interval-cap", o.SyncIntervalCap, "Longest reconnect backoff.")
+	fs.DurationVar(&o.SyncIntervalCap, "sync-interval-cap", o.SyncIntervalCap, "Longest reconnect backoff; also how often an agent connected to every replica asks a server whose count follows its Leases (--enable-lease-controller) for the current count.")
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to the server; a dead connection is noticed after about twice this.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Use one gRPC stream per tunneled connection when the server offers it, so that a slow reader stalls only its own connection. false speaks the single-stream upstream konnectivity protocol.")
 	fs.MarkHidden("conn-streams")

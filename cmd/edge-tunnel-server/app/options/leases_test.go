@@ -71,3 +71,17 @@ func TestLeaseConfig(t *testing.T) {
 		t.Errorf("without --enable-lease-controller: Leases = %+v, err %v", cfg.Leases, err)
 	}
 }
+
+// TestLeasesUseTheKubeconfig: --kubeconfig is not reported unused when only
+// the Leases need it.
+func TestLeasesUseTheKubeconfig(t *testing.T) {
+	args := []string{"--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--kubeconfig=/k", "--ports-configmap=", "--agent-identity=none"}
+	o, _ := parse(t, args...)
+	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "--kubeconfig is set but unused") {
+		t.Errorf("without Leases, warnings lack the unused kubeconfig:\n%s", got)
+	}
+	o, _ = parse(t, append(args, "--enable-lease-controller")...)
+	if got := strings.Join(o.Warnings(), "\n"); strings.Contains(got, "--kubeconfig is set but unused") {
+		t.Errorf("with Leases, --kubeconfig is reported unused:\n%s", got)
+	}
+}

@@ -325,8 +325,8 @@ func (o *Options) Warnings() []string {
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
 	}
-	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none {
-		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty and --agent-identity is none (the API is only used to watch the port policy and to look up Node addresses)")
+	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none && !o.EnableLeases {
+		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty, --agent-identity is none and --enable-lease-controller is off (the API is only used to watch the port policy, to look up Node addresses and for the replica Leases)")
 	}
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
