@@ -27,7 +27,7 @@ COMMANDS := edge-tunnel-server edge-tunnel-agent edge-tunnel-proxy
 # Go files of this repository, without the tool cache.
 GO_FILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -not -path './bin/*')
 
-.PHONY: all build test e2e proto verify-proto demo bench docs fmt vet lint clean
+.PHONY: all build test e2e fuzz proto verify-proto demo bench docs fmt vet lint clean
 
 all: build
 
@@ -47,6 +47,10 @@ test:
 # kube-apiserver, etcd, kubectl and edge nodes in network namespaces (root).
 e2e:
 	hack/e2e.sh
+
+# Every fuzz target for FUZZTIME each (default 10s): make fuzz FUZZTIME=1m.
+fuzz:
+	hack/fuzz.sh
 
 proto:
 	hack/gen-proto.sh

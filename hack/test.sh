@@ -99,6 +99,14 @@ begin "soak (1 minute)"
 # connections and goroutines that do not come back afterwards.
 go run ./hack/soak -duration 1m -interval 10s
 
+begin "fuzzing (make fuzz, ${FUZZTIME:-5s} per target)"
+# The seed corpora already ran above; this explores beyond them for a few
+# seconds per target (FUZZTIME=0 skips it). A failing input is saved under
+# the package's testdata/fuzz/ and go test names it.
+if [ "${FUZZTIME:-5s}" != 0 ]; then
+  FUZZTIME="${FUZZTIME:-5s}" hack/fuzz.sh 2>&1 | grep -vE '^fuzz: elapsed|^[IW][0-9]{4} '
+fi
+
 begin "control-plane end-to-end tests (make e2e)"
 # Real kube-apiserver, etcd and kubectl against edge nodes in network
 # namespaces (hack/e2e.sh; it says why and counts nothing when not root).
