@@ -1,0 +1,200 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
+	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
+	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+)
+
+// TestServerCountFollowsLeases: replicas that share their Leases (a fake
+// API here; e2e/controlplane has the real one) announce the live count, and
+// an agent behind a round-robin balancer follows it both ways without a
+// restart: it reaches replicas started after it connected, and once one is
+// stopped it holds the others and stops dialing.
+func TestServerCountFollowsLeases(t *testing.T) {
+	e := newEnv(t, envOptions{connStreams: true})
+	api := fake.NewClientset()
+	start := func(id string) (addr string, stop func()) {
+		t.Helper()
+		srv, err := server.New(server.Config{
+			UDSName: filepath.Join(e.dir, "lease-"+id+".sock"), AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS,
+			ServerID: id, ServerCount: 1, ShutdownGrace: time.Second, ConnStreams: true, Ports: testPorts,
+			Leases: &leases.Config{Client: api, Duration: 3 * time.Second, RenewInterval: 100 * time.Millisecond},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		stop = func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("server %s: %v", id, err)
+			}
+		}
+		t.Cleanup(func() {
+			if ctx.Err() == nil {
+				stop()
+			}
+		})
+		waitFor(t, "server "+id+" listening", srv.Ready)
+		return srv.Addr("agent").String(), stop
+	}
+	s1, _ := start("s1")
+	lb := newCountingBalancer(t)
+	lb.set(s1)
+
+	ids, err := identity.Parse("host=node-a&ipv4=127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	a, err := agent.New(agent.Config{ServerAddr: lb.addr(), TLS: e.nodeTLS(t, "system:node:node-a", "127.0.0.1"), AgentID: "node-a",
+		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, a.Run)
+	waitConns := func(n int) {
+		t.Helper()
+		waitFor(t, "agent connected to "+string(rune('0'+n))+" servers", func() bool { return gauge(t, reg, "edge_tunnel_agent_server_connections") == float64(n) })
+	}
+	waitConns(1)
+
+	s2, _ := start("s2")
+	s3, stop3 := start("s3")
+	lb.set(s1, s2, s3)
+	began := time.Now()
+	waitConns(3)
+	t.Logf("the agent reached the two new replicas %s after the balancer offered them", time.Since(began).Round(time.Millisecond))
+
+	lb.set(s1, s2)
+	stop3()
+	l, err := api.CoordinationV1().Leases("kube-system").List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(l.Items) != 2 {
+		t.Fatalf("Leases after s3 stopped: %d (%v), want 2 (s3 deletes its own)", len(l.Items), err)
+	}
+	waitConns(2)
+	// The agent stops dialing once the servers announce 2: the balancer
+	// sees no new connection for a while (count probes use the
+	// connections the agent holds).
+	waitFor(t, "the agent to stop dialing the balancer", func() bool {
+		before := lb.accepted()
+		time.Sleep(time.Second)
+		return lb.accepted() == before
+	})
+	if n := gauge(t, reg, "edge_tunnel_agent_server_connections"); n != 2 {
+		t.Errorf("agent holds %v server connections, want 2", n)
+	}
+}
+
+// gauge reads an unlabelled gauge from reg.
+func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// countingBalancer is a round-robin TCP balancer on loopback whose
+// backends can change, and which counts the connections it accepted.
+type countingBalancer struct {
+	ln net.Listener
+	wg sync.WaitGroup
+
+	mu       sync.Mutex
+	backends []string
+	n        int
+	open     map[net.Conn]bool
+}
+
+func newCountingBalancer(t testing.TB) *countingBalancer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &countingBalancer{ln: ln, open: map[net.Conn]bool{}}
+	b.wg.Add(1)
+	go b.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		b.mu.Lock()
+		for c := range b.open {
+			c.Close()
+		}
+		b.open = nil
+		b.mu.Unlock()
+		b.wg.Wait()
+	})
+	return b
+}
+
+func (b *countingBalancer) addr() string { return b.ln.Addr().String() }
+
+func (b *countingBalancer) set(backends ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.backends = backends
+}
+
+func (b *countingBalancer) accepted() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}
+
+func (b *countingBalancer) serve() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		backend := ""
+		if len(b.backends) > 0 {
+			backend = b.backends[b.n%len(b.backends)]
+		}
+		b.n++
+		b.mu.Unlock()
+		up, err := net.Dial("tcp", backend)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		b.mu.Lock()
+		if b.open == nil {
+			b.mu.Unlock()
+			c.Close()
+			up.Close()
+			return
+		}
+		b.open[c], b.open[up] = true, true
+		b.mu.Unlock()
+		b.wg.Add(2)
+		go func() { defer b.wg.Done(); io.Copy(up, c); up.Close() }()
+		go func() { defer b.wg.Done(); io.Copy(c, up); c.Close() }()
+	}
+}
