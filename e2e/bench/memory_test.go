@@ -54,6 +54,8 @@ func BenchmarkIdleConns(b *testing.B) {
 		start := time.Now()
 		conns := openIdle(b, srv, echo.Addr, n)
 		opened := time.Since(start)
+		// Closed below; this only covers a failure on the way there.
+		b.Cleanup(func() { closeAll(conns) })
 		if got := echo.FDs(b) - echoFDs; got != n {
 			b.Fatalf("the echo process holds %d more files than before, want one per connection (%d)", got, n)
 		}
@@ -68,9 +70,7 @@ func BenchmarkIdleConns(b *testing.B) {
 		server.saveProfiles(b, fmt.Sprintf("idle-conns-%d-server", n))
 		agent.saveProfiles(b, fmt.Sprintf("idle-conns-%d-agent", n))
 
-		for _, c := range conns {
-			c.Close()
-		}
+		closeAll(conns)
 		waitFor(b, 30*time.Second, "the echo process's connections to close", func() bool { return echo.FDs(b) <= echoFDs })
 		server.waitGoroutines(b, srvG+goroutineSlack, 30*time.Second)
 		agent.waitGoroutines(b, agG+goroutineSlack, 30*time.Second)
@@ -123,14 +123,18 @@ func openIdle(b *testing.B, srv *harness.Server, addr string, n int) []net.Conn 
 	close(next)
 	wg.Wait()
 	if firstErr != nil {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
+		closeAll(conns)
 		b.Fatalf("open idle tunnels: %v", firstErr)
 	}
 	return conns
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
 }
 
 // BenchmarkManyAgents connects BENCH_AGENTS (default 10,000) agents to one
@@ -185,6 +189,9 @@ func BenchmarkManyAgents(b *testing.B) {
 		if err != nil {
 			b.Fatalf("connect %d agents: %v", count, err)
 		}
+		// Stopped below; this only covers a failure on the way there,
+		// and runs before the server is stopped.
+		b.Cleanup(func() { f.stop(time.Minute) })
 		waitFor(b, time.Minute, fmt.Sprintf("the server to count %d connected agents", count+1), func() bool {
 			v, err := srv.Metric(harness.ConnectedAgentsMetric)
 			return err == nil && v == float64(count+1)
