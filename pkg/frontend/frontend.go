@@ -137,13 +137,23 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 }
 
 // bufferedConn is a net.Conn whose reads first drain a bufio.Reader that
-// holds bytes already taken from the connection.
+// holds bytes already taken from the connection. Once it is drained the
+// reader is dropped: a tunnel can stay open for hours, and its 4 KiB would
+// be most of what an idle one costs.
 type bufferedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r *bufio.Reader // nil once drained; used by one reader at a time
 }
 
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *bufferedConn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r = nil
+	}
+	return c.Conn.Read(p)
+}
 
 // WriteVectors writes v in one writev when the connection is a plain socket
 // (tunnel data from the agent arrives in several buffers).

@@ -214,3 +214,22 @@ func (w packetWriter) WriteBuffers(bufs mem.BufferSlice) error {
 	m.Free()
 	return err
 }
+
+// TestNextSize: reads grow to ChunkSize in bulk and shrink with the traffic,
+// so an idle connection blocks on a small buffer.
+func TestNextSize(t *testing.T) {
+	for _, tc := range []struct{ size, n, want int }{
+		{smallSize, smallSize, ChunkSize}, // filled: bulk
+		{smallSize, 100, smallSize},       // interactive
+		{ChunkSize, ChunkSize, ChunkSize}, // stays
+		{ChunkSize, 70 << 10, ChunkSize},  // more than half: stays
+		{ChunkSize, 16 << 10, 32 << 10},   // a 16 KiB writer: twice that
+		{ChunkSize, 10, smallSize},        // quiet again
+		{ChunkSize, 0, smallSize},         // nothing
+		{32 << 10, 16 << 10, 32 << 10},    // exactly half: stays
+	} {
+		if got := nextSize(tc.size, tc.n); got != tc.want {
+			t.Errorf("nextSize(%d, %d) = %d, want %d", tc.size, tc.n, got, tc.want)
+		}
+	}
+}

@@ -1,9 +1,6 @@
 package tunnel
 
-import (
-	"io"
-	"sync"
-)
+import "io"
 
 // ChunkSize is the largest payload moved in one DATA packet or Chunk message.
 // Upstream konnectivity moves 4 KiB packets; large chunks cut the per-message
@@ -13,12 +10,26 @@ const ChunkSize = 128 << 10
 // smallSize is the buffer an idle connection blocks its reads with. Reads
 // block holding their buffer, so this, not ChunkSize, is what every idle
 // tunneled connection costs.
-const smallSize = 8 << 10
+const smallSize = 2 << 10
 
-var (
-	bigPool   = sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
-	smallPool = sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
-)
+// nextSize picks the buffer for the next read after one that returned n
+// bytes into size: straight to ChunkSize when the read filled the buffer
+// (a bulk transfer), down to about twice the last read when it used less
+// than half (so a connection that goes quiet after a burst does not block
+// holding ChunkSize), never below smallSize.
+func nextSize(size, n int) int {
+	switch {
+	case n == size:
+		return ChunkSize
+	case n < size/2:
+		s := smallSize
+		for s < 2*n {
+			s *= 2
+		}
+		return min(s, ChunkSize)
+	}
+	return size
+}
 
 // Copy copies src to dst until src ends (io.EOF is not an error) or a write
 // fails. When either side is a gRPC stream (a ChunkSource or ChunkSink) the
@@ -37,21 +48,16 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	return copyBuffered(dst, src)
 }
 
-// copyBuffered is Copy through a pooled buffer.
+// copyBuffered is Copy through a buffer of GRPCBufferPool sized by nextSize.
 func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
-	small, big := smallPool.Get().(*[]byte), (*[]byte)(nil)
-	defer func() {
-		smallPool.Put(small)
-		if big != nil {
-			bigPool.Put(big)
-		}
-	}()
-	buf := *small
+	size := smallSize
+	bp := GRPCBufferPool.Get(size)
+	defer func() { GRPCBufferPool.Put(bp) }()
 	var total int64
 	for {
-		n, rerr := src.Read(buf)
+		n, rerr := src.Read(*bp)
 		if n > 0 {
-			w, werr := dst.Write(buf[:n])
+			w, werr := dst.Write((*bp)[:n])
 			total += int64(w)
 			if werr != nil {
 				return total, werr
@@ -63,13 +69,9 @@ func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 			}
 			return total, rerr
 		}
-		switch {
-		case n == len(buf) && big == nil:
-			big = bigPool.Get().(*[]byte)
-			buf = *big
-		case n < len(buf)/2 && big != nil:
-			bigPool.Put(big)
-			big, buf = nil, *small
+		if next := nextSize(size, n); next != size {
+			GRPCBufferPool.Put(bp)
+			size, bp = next, GRPCBufferPool.Get(next)
 		}
 	}
 }

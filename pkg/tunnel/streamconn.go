@@ -151,8 +151,8 @@ func (c *StreamConn) WriteChunksTo(w io.Writer) (int64, error) {
 // ReadChunksFrom sends what r yields until r ends (io.EOF is not an error).
 // Each read lands in a buffer of GRPCBufferPool that gRPC then sends and
 // frees: no copy between the read and the transport. Reads start small, so
-// an idle connection blocks holding little memory, and grow to ChunkSize
-// while they keep filling the buffer.
+// an idle connection blocks holding little memory, and follow the traffic
+// (nextSize).
 func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
 	var total int64
 	size := smallSize
@@ -174,12 +174,7 @@ func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
 			}
 			return total, rerr
 		}
-		switch {
-		case n == size && size < ChunkSize:
-			size = ChunkSize
-		case n < size/2 && size > smallSize:
-			size = smallSize
-		}
+		size = nextSize(size, n)
 	}
 }
 
