@@ -45,7 +45,13 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get(agentpb.CountProbeKey)) > 0 {
 		// A count probe on a connection the agent already holds: the
-		// header is the whole answer, and nothing is registered.
+		// header is the whole answer, and nothing is registered. Only an
+		// agent whose control stream (and so whose identity check) is on
+		// this very connection gets one.
+		p, _ := peer.FromContext(ctx)
+		if a.agents.session(first(md.Get(agentpb.AgentIDKey)), peerAddr(p)) == nil {
+			return status.Errorf(codes.FailedPrecondition, "edge-tunnel-server: a count probe must come on the connection of the agent's control stream; open AgentService.Connect first")
+		}
 		if err := stream.SendHeader(a.handshake(false)); err != nil {
 			return status.Errorf(codes.Unavailable, "edge-tunnel-server: answering a count probe: %v", err)
 		}
