@@ -10,13 +10,18 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
 // TestServerCountFollowsLeases: replicas that share their Leases (a fake
@@ -99,6 +104,65 @@ func TestServerCountFollowsLeases(t *testing.T) {
 	})
 	if n := gauge(t, reg, "edge_tunnel_agent_server_connections"); n != 2 {
 		t.Errorf("agent holds %v server connections, want 2", n)
+	}
+}
+
+// TestCountProbe: a count probe is answered with the handshake header
+// alone, only on the connection of the agent's control stream, and leaves
+// the agent's routing to that control stream.
+func TestCountProbe(t *testing.T) {
+	e := newEnv(t, envOptions{connStreams: true, serverCount: 2})
+	cc := agentClient(t, e)
+	probe := func() (metadata.MD, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		md := metadata.Pairs(agentpb.AgentIDKey, "node-p", agentpb.CountProbeKey, "1")
+		s, err := agentpb.NewAgentServiceClient(cc).Connect(metadata.NewOutgoingContext(ctx, md))
+		if err != nil {
+			return nil, err
+		}
+		hdr, err := s.Header()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.Recv(); err != io.EOF {
+			return hdr, err
+		}
+		return hdr, nil
+	}
+	if _, err := probe(); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("probe before any control stream: %v, want FailedPrecondition", err)
+	}
+
+	ctl := openAgentStream(t, cc, metadata.Pairs(agentpb.AgentIDKey, "node-p", agentpb.AgentIdentifiersKey, "host=node-p"))
+	var hdr metadata.MD
+	waitFor(t, "a probe answered", func() bool {
+		var err error
+		hdr, err = probe()
+		return err == nil
+	})
+	if got := hdr.Get(agentpb.ServerCountKey); len(got) != 1 || got[0] != "2" {
+		t.Errorf("probe answer serverCount %q, want \"2\"", got)
+	}
+	if got := hdr.Get(agentpb.ServerIDKey); len(got) != 1 || got[0] != "s1" {
+		t.Errorf("probe answer serverID %q, want \"s1\"", got)
+	}
+	if agentpb.HasFeature(hdr.Get(agentpb.FeaturesKey), agentpb.FeatureLiveCount) {
+		t.Errorf("a server without Leases offers %s: %q", agentpb.FeatureLiveCount, hdr.Get(agentpb.FeaturesKey))
+	}
+	// Dials for node-p still reach its control stream.
+	go func() {
+		c, _ := e.dialGRPC(context.Background(), "node-p:10250")
+		if c != nil {
+			c.Close()
+		}
+	}()
+	ctl.await(t, "the DIAL_REQ on the control stream after probes", func(p *client.Packet) bool { return p.Type == client.PacketType_DIAL_REQ })
+
+	// From another connection, the same agent ID gets no answer.
+	cc = agentClient(t, e)
+	if _, err := probe(); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("probe on a connection without the control stream: %v, want FailedPrecondition", err)
 	}
 }
 
