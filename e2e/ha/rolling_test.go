@@ -170,7 +170,7 @@ func TestRollingRestart(t *testing.T) {
 		waitExit(t, s.Process, serverGrace+5*time.Second)
 		w.exit = time.Now()
 		for _, h := range held {
-			h.checkCut(t, w.exit, !(knownBugConnectCutAtSIGTERM && strings.HasPrefix(h.name, "CONNECT")))
+			h.checkCut(t, w.exit, true)
 		}
 		close(stopHeld)
 

@@ -4,22 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 )
-
-// knownBugConnectCutAtSIGTERM: edge-tunnel-server closes HTTP CONNECT
-// tunnels at SIGTERM instead of letting them finish for the grace period
-// (pkg/frontend: Mux.Close closes every connection it tracks, and a CONNECT
-// connection stays tracked for the tunnel's whole life, since
-// Connect.serveConn runs inside Mux.classify). gRPC tunnels are not
-// affected. While true, the test only requires CONNECT tunnels to end
-// cleanly; set it to false with the fix.
-const knownBugConnectCutAtSIGTERM = true
 
 // serverGrace is edge-tunnel-server's shutdown grace period (not a flag):
 // how long open tunnels may finish after SIGTERM.
@@ -111,13 +101,6 @@ func TestServerGracefulShutdown(t *testing.T) {
 		t.Errorf("%s exited %s after SIGTERM, before the grace period of %s was over, while tunnels were open", serverName(victim), took.Round(time.Millisecond), serverGrace)
 	}
 	for _, h := range held {
-		if knownBugConnectCutAtSIGTERM && strings.HasPrefix(h.name, "CONNECT") {
-			h.checkCut(t, exited, false)
-			if lastOK, _, _ := h.state(); exited.Sub(lastOK) > time.Second {
-				t.Logf("KNOWN BUG: %s was cut at SIGTERM instead of working for the grace period (see knownBugConnectCutAtSIGTERM)", h.name)
-			}
-			continue
-		}
 		h.checkCut(t, exited, true)
 	}
 }

@@ -206,7 +206,7 @@ func (a *Agent) wanted() int {
 func (a *Agent) connectOnce(ctx context.Context) error {
 	cc, err := grpc.NewClient(a.cfg.ServerAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(a.cfg.TLS)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: min(a.cfg.KeepaliveTime/2, 10*time.Second), PermitWithoutStream: true}),
 		experimental.WithBufferPool(tunnel.GRPCBufferPool),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(tunnel.Codec)),
 		grpc.WithInitialWindowSize(1<<20),

@@ -39,8 +39,10 @@ func NewConnect(d Dialer, dialTimeout time.Duration, log klog.Logger) *Connect {
 func (h *Connect) Wait() { h.wg.Wait() }
 
 // serveConn handles one CONNECT connection. c.r reads through lim, which
-// still bounds the request head.
-func (h *Connect) serveConn(c *bufferedConn, lim *headLimit) {
+// still bounds the request head. established runs once the tunnel is open:
+// from then on the connection belongs to Wait, not to Mux.Close, so a
+// shutdown lets it finish within the grace period.
+func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, established func()) {
 	h.wg.Add(1)
 	defer h.wg.Done()
 	defer c.Close()
@@ -75,6 +77,7 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit) {
 		backend.Close()
 		return
 	}
+	established()
 	tunnel.Splice(c, backend)
 }
 

@@ -73,7 +73,8 @@ func (m *Mux) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 }
 
 // Close stops handing out gRPC connections and closes the connections that
-// are still being classified.
+// are still being classified or dialed. Open CONNECT tunnels are left alone:
+// Connect.Wait waits for them.
 func (m *Mux) Close() {
 	m.grpc.Close()
 	m.mu.Lock()
@@ -133,7 +134,7 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 		return
 	}
 	raw.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	m.connect.serveConn(pc, lim)
+	m.connect.serveConn(pc, lim, func() { m.track(raw, false) })
 }
 
 // bufferedConn is a net.Conn whose reads first drain a bufio.Reader that

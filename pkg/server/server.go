@@ -267,15 +267,19 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		close(proxyStopped)
 	}()
+	// Every tunnel starts at a frontend, so once the frontends are done
+	// nothing needs the agents any more: their control streams never end by
+	// themselves, and waiting for them would always use the whole grace.
 	stopped := make(chan struct{})
 	go func() {
 		feGRPC.GracefulStop()
 		connect.Wait()
-		agentGRPC.GracefulStop()
+		<-proxyStopped
 		close(stopped)
 	}()
 	select {
 	case <-stopped:
+		s.log.Info("Every tunnel has ended")
 	case <-time.After(s.cfg.ShutdownGrace):
 		s.log.Info("Grace period over; closing the remaining tunnels")
 	}
@@ -356,10 +360,11 @@ func (s *Server) agentServerOptions() []grpc.ServerOption {
 		grpc.Creds(credentials.NewTLS(s.cfg.AgentTLS)),
 		grpc.ForceServerCodecV2(tunnel.Codec),
 		experimental.BufferPool(tunnel.GRPCBufferPool),
-		// A ping unanswered for as long as the interval (at most 10 s) ends
-		// the connection, so a vanished agent is noticed after about twice
-		// --keepalive-time, as the flag says, short settings included.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: min(s.cfg.KeepaliveTime, 10*time.Second)}),
+		// A ping unanswered for half the interval (at most 10 s) ends the
+		// connection: a vanished agent is noticed about 1.5 x --keepalive-time
+		// after its last packet (15 s with the default), short settings
+		// included.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: min(s.cfg.KeepaliveTime/2, 10*time.Second)}),
 		// Agents ping on their own schedule (default 15 s); only a ping
 		// flood is refused.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),

@@ -127,7 +127,7 @@ func NewOptions() *Options {
 		ServerPort:           8090,
 		AgentPort:            8091,
 		ServerCount:          1,
-		KeepaliveTime:        30 * time.Second,
+		KeepaliveTime:        10 * time.Second,
 		ConnStreams:          true,
 		DialTimeout:          10 * time.Second,
 		DirectDial:           true,
@@ -169,7 +169,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.ClusterCACert, "cluster-ca-cert", o.ClusterCACert, "CA bundle that verifies agents' client certificates. Without it agents are not authenticated and any of them may claim any node.")
 	fs.StringVar(&o.ServerID, "server-id", o.ServerID, "Unique ID of this server replica, sent to agents. Default: $PROXY_SERVER_ID, else the hostname, else a random UUID.")
 	fs.IntVar(&o.ServerCount, "server-count", o.ServerCount, "Number of server replicas; each agent keeps one connection to each.")
-	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents; a dead agent connection is noticed after about twice this.")
+	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents when a connection is quiet; an agent that vanished (a network cut) is noticed about 1.5 times this after its last packet, and its pending dials fail then.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Offer agents one gRPC stream per tunneled connection, so that a slow reader stalls only its own connection. Agents that do not support it (upstream konnectivity-agent) fall back to the single-stream protocol either way; false forces the single-stream protocol for all agents.")
 	fs.MarkHidden("conn-streams")
 	fs.StringVar(&o.AgentIdentity, "agent-identity", o.AgentIdentity, "How the server checks the node an agent claims. certificate: the agent's client certificate must prove its --agent-id and every identifier it announces: node names from a common name system:node:NAME, else from its DNS SANs; addresses as IP SANs or, with API access (--kubeconfig or in a pod), as addresses of that Node object (needs get on nodes). token: the agent sends a ServiceAccount token bound to its pod (agent flag --service-account-token-path); kube-apiserver checks it (TokenReview for --authentication-audience, needs create on tokenreviews), it must belong to --agent-namespace/--agent-service-account, and it proves the node the pod runs on (needs get on pods and nodes); agent ID and host= must be that node's name, ipv4=/ipv6= its addresses. certificate,token: an agent that sends a token is checked by its token, any other by its certificate, which is then optional on the TLS handshake (for a migration, or a mix of agents). A claim the credential does not prove is refused with PermissionDenied, a missing or rejected token with Unauthenticated. none: any agent that passes TLS may claim any node. Default: certificate when --cluster-ca-cert is set, plus token when --agent-service-account is set, else none.")
@@ -282,7 +282,7 @@ func (o *Options) Validate() []error {
 		}
 	}
 	if o.KeepaliveTime <= 0 {
-		add("--keepalive-time=%v: must be positive (e.g. 30s)", o.KeepaliveTime)
+		add("--keepalive-time=%v: must be positive (e.g. 10s)", o.KeepaliveTime)
 	}
 	if o.DialTimeout <= 0 {
 		add("--dial-timeout=%v: must be positive (e.g. 10s)", o.DialTimeout)

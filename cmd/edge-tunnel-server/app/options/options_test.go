@@ -37,7 +37,7 @@ func TestDefaults(t *testing.T) {
 		"ProxyPort":         o.ProxyPort == 0,
 		"ServerID":          o.ServerID == "",
 		"ServerCount":       o.ServerCount == 1,
-		"KeepaliveTime":     o.KeepaliveTime == 30*time.Second,
+		"KeepaliveTime":     o.KeepaliveTime == 10*time.Second,
 		"DialTimeout":       o.DialTimeout == 10*time.Second,
 		"DirectDial":        o.DirectDial,
 		"ConnStreams":       o.ConnStreams,
