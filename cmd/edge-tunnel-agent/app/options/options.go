@@ -53,6 +53,9 @@ type Options struct {
 	SyncIntervalCap         time.Duration
 	KeepaliveTime           time.Duration
 	ConnStreams             bool
+	// TLS is the protocol floor and TLS 1.2 cipher suites of the
+	// connection to the server.
+	TLS tlsutil.Flags
 
 	// Identity and what the agent may dial.
 	AgentID          string
@@ -120,6 +123,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to the server when the connection is quiet; a dead connection is noticed about 1.5 times this after the last packet, and the agent then reconnects.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Use one gRPC stream per tunneled connection when the server offers it, so that a slow reader stalls only its own connection. false speaks the single-stream upstream konnectivity protocol.")
 	fs.MarkHidden("conn-streams")
+	o.TLS.AddFlags(fs, "the connection to the server")
 	fs.Bool("count-server-leases", false, "")
 	fs.MarkDeprecated("count-server-leases", "ignored: the agent needs no API access; a server with --enable-lease-controller counts the replica Leases and tells agents the count.")
 	fs.String("lease-namespace", "", "")
@@ -209,7 +213,14 @@ func (o *Options) Validate() []error {
 	if _, err := o.allowedCIDRs(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, o.TLS.Validate()...)
 	return errs
+}
+
+// Warnings lists settings that work but are probably not what the operator
+// wants. The command logs them at start.
+func (o *Options) Warnings() []string {
+	return o.TLS.Warnings()
 }
 
 // Config loads the certificates and builds the agent configuration. Call it
@@ -239,6 +250,11 @@ func (o *Options) Config() (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, fmt.Errorf("TLS to the server (--ca-cert, --agent-cert, --agent-key): %w", err)
 	}
+	hardening, err := o.TLS.Hardening()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	hardening.Apply(tlsCfg)
 	if o.ServiceAccountTokenPath != "" {
 		// Read once here so that a wrong path fails at start, not only in
 		// the connection loop's log.

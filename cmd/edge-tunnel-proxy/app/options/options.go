@@ -35,6 +35,9 @@ type Options struct {
 	CACert     string
 	ClientCert string
 	ClientKey  string
+	// TLS is the protocol floor and TLS 1.2 cipher suites of the
+	// connection to the server's TCP frontend.
+	TLS tlsutil.Flags
 
 	DialTimeout   time.Duration
 	ShutdownGrace time.Duration
@@ -82,6 +85,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "CA bundle that verifies the frontend's certificate. Required with --server-host.")
 	fs.StringVar(&o.ClientCert, "client-cert", o.ClientCert, "Client certificate for the frontend, from the CA of the server's --server-ca-cert (PEM). Required with --server-host.")
 	fs.StringVar(&o.ClientKey, "client-key", o.ClientKey, "Private key of --client-cert (PEM). Required with --server-host.")
+	o.TLS.AddFlags(fs, "the connection to the server's TCP frontend (--server-host)")
 
 	cli.AddLoggingFlags(fss.FlagSet("logging"), o.Logging)
 	return fss
@@ -118,6 +122,7 @@ func (o *Options) Validate() []error {
 	if o.ShutdownGrace < 0 {
 		add("--shutdown-grace=%v: must not be negative", o.ShutdownGrace)
 	}
+	errs = append(errs, o.TLS.Validate()...)
 	return errs
 }
 
@@ -131,6 +136,10 @@ func (o *Options) Warnings() []string {
 	if o.UDSName != "" && (o.CACert != "" || o.ClientCert != "" || o.ClientKey != "") {
 		ws = append(ws, "--ca-cert/--client-cert/--client-key are unused with --uds-name")
 	}
+	if o.UDSName != "" && o.TLS.Set() {
+		ws = append(ws, "--tls-min-version/--tls-cipher-suites are unused with --uds-name (the UNIX socket is not TLS)")
+	}
+	ws = append(ws, o.TLS.Warnings()...)
 	return ws
 }
 
@@ -154,6 +163,11 @@ func (o *Options) Config() (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("TLS to the server's frontend (--ca-cert, --client-cert, --client-key): %w", err)
 	}
+	hardening, err := o.TLS.Hardening()
+	if err != nil {
+		return Config{}, err
+	}
+	hardening.Apply(tlsCfg)
 	cfg.Egress.Address = net.JoinHostPort(o.ServerHost, strconv.Itoa(o.ServerPort))
 	cfg.Egress.TLS = tlsCfg
 	return cfg, nil

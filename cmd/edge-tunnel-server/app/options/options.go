@@ -84,6 +84,10 @@ type Options struct {
 	ProxyKey         string
 	ProxyCACert      string
 
+	// TLS is the protocol floor and TLS 1.2 cipher suites of every TLS
+	// endpoint: the TCP frontend, the agent port and the HTTP proxy.
+	TLS tlsutil.Flags
+
 	// Replica Leases: each replica renews one in LeaseNamespace, and the
 	// count of live ones is the serverCount agents are told.
 	EnableLeases         bool
@@ -204,6 +208,8 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.StringVar(&o.ProxyKey, "proxy-key", o.ProxyKey, "Private key of --proxy-cert (PEM).")
 	fs.StringVar(&o.ProxyCACert, "proxy-ca-cert", o.ProxyCACert, "CA bundle that verifies client certificates on the HTTP proxy; when set, clients without a certificate from it are refused. Needs --proxy-cert and --proxy-key.")
 
+	o.TLS.AddFlags(fss.FlagSet("TLS"), "every TLS endpoint of the server (the TCP frontend, the agent port, the HTTP proxy with --proxy-cert)")
+
 	fs = fss.FlagSet("health and admin")
 	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
 	fs.IntVar(&o.HealthPort, "health-port", o.HealthPort, "Port of the health endpoint. 0 disables it.")
@@ -264,6 +270,7 @@ func (o *Options) Validate() []error {
 			add("--agent-identity=%s checks agents' ServiceAccount tokens, so it needs --authentication-audience (the audience of the agents' projected tokens, e.g. edge-tunnel), --agent-namespace and --agent-service-account (whose tokens are accepted)", o.agentIdentity())
 		}
 	}
+	errs = append(errs, o.TLS.Validate()...)
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
 	}
@@ -328,6 +335,7 @@ func (o *Options) Warnings() []string {
 	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none && !o.EnableLeases {
 		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty, --agent-identity is none and --enable-lease-controller is off (the API is only used to watch the port policy, to look up Node addresses and for the replica Leases)")
 	}
+	ws = append(ws, o.TLS.Warnings()...)
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
 	}
@@ -388,6 +396,13 @@ func (o *Options) Config() (server.Config, error) {
 		// Agents with a token need no certificate; one that is presented
 		// must still be from --cluster-ca-cert.
 		optionalClientCert(cfg.AgentTLS)
+	}
+	hardening, err := o.TLS.Hardening()
+	if err != nil {
+		return server.Config{}, err
+	}
+	for _, c := range []*tls.Config{cfg.FrontendTLS, cfg.AgentTLS, cfg.ProxyTLS} {
+		hardening.Apply(c)
 	}
 	return cfg, nil
 }

@@ -56,7 +56,7 @@ func TestDefaults(t *testing.T) {
 func TestFlagSectionsAndNames(t *testing.T) {
 	o := NewOptions()
 	fss := o.Flags()
-	wantOrder := []string{"frontend", "agent connections", "dialing", "replica leases", "http proxy", "health and admin", "logging"}
+	wantOrder := []string{"frontend", "agent connections", "dialing", "replica leases", "http proxy", "TLS", "health and admin", "logging"}
 	if strings.Join(fss.Order, ",") != strings.Join(wantOrder, ",") {
 		t.Errorf("sections = %q, want %q", fss.Order, wantOrder)
 	}
@@ -70,6 +70,7 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"v", "vmodule", "logging-format",
 		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
 		"authentication-audience", "agent-namespace", "agent-service-account",
+		"tls-min-version", "tls-cipher-suites",
 	} {
 		found := false
 		for _, fs := range fss.FlagSets {
