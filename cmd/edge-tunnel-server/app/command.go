@@ -32,7 +32,7 @@ konnectivity-server and konnectivity-agent.`,
 		RunE: cli.RunE(name, o.Logging, o, run),
 	}
 	cli.Finish(cmd, o.Flags())
-	cmd.AddCommand(newCertsCommand())
+	cmd.AddCommand(newCertsCommand(), newSocketDirCommand())
 	return cmd
 }
 
