@@ -49,6 +49,8 @@ func BenchmarkIdleConns(b *testing.B) {
 	for b.Loop() {
 		srvG, agG, echoFDs := server.goroutines(b), agent.goroutines(b), echo.FDs(b)
 		time.Sleep(settleTime)
+		server.collect(b)
+		agent.collect(b)
 		srv0, ag0 := server.memory(b), agent.memory(b)
 
 		start := time.Now()
@@ -60,6 +62,9 @@ func BenchmarkIdleConns(b *testing.B) {
 			b.Fatalf("the echo process holds %d more files than before, want one per connection (%d)", got, n)
 		}
 		time.Sleep(settleTime)
+		server.collect(b)
+		agent.collect(b)
+		time.Sleep(settleTime) // let the scavenger return freed pages
 		srv1, ag1 := server.memory(b), agent.memory(b)
 		srvB, agB = perUnit(srv0.rss, srv1.rss, n), perUnit(ag0.rss, ag1.rss, n)
 		srvHeap, agHeap = perUnit(srv0.heap, srv1.heap, n), perUnit(ag0.heap, ag1.heap, n)
