@@ -54,6 +54,7 @@ type container struct {
 	W      *workload
 	C      *corev1.Container
 	Bin    string
+	Sub    string // the subcommand an init container runs
 	Where  string
 	values map[string]string // flag -> effective value (last one given, else the default)
 }
@@ -87,7 +88,7 @@ func check(o *objects, flags map[string]*pflag.FlagSet) []string {
 	add := func(format string, args ...any) { p = append(p, o.Dir+": "+fmt.Sprintf(format, args...)) }
 
 	ws := workloads(o)
-	var cs []*container
+	var cs, inits []*container
 	for _, w := range ws {
 		if !matches(w.Selector, w.Template.Labels) {
 			add("%s: selector %s does not match the pod template's labels %v", w.Where, selectorString(w.Selector), w.Template.Labels)
@@ -99,11 +100,18 @@ func check(o *objects, flags map[string]*pflag.FlagSet) []string {
 			}
 			cs = append(cs, checkContainer(w, c, flags, add))
 		}
+		for i := range w.Template.Spec.InitContainers {
+			c := &w.Template.Spec.InitContainers[i]
+			if !strings.HasPrefix(c.Image, imagePrefix) {
+				continue
+			}
+			inits = append(inits, checkInitContainer(w, c, flags, add))
+		}
 	}
 	for _, c := range cs {
 		switch c.Bin {
 		case "edge-tunnel-server":
-			checkServer(o, c, add)
+			checkServer(o, c, inits, add)
 		case "edge-tunnel-agent":
 			checkAgent(o, c, cs, add)
 		}
@@ -137,46 +145,10 @@ func checkContainer(w *workload, c *corev1.Container, flags map[string]*pflag.Fl
 		add("%s: image %s is not one of edge-tunnel's binaries", cc.Where, c.Image)
 		return cc
 	}
-	fs.VisitAll(func(f *pflag.Flag) { cc.values[f.Name] = f.DefValue })
-	env := map[string]bool{}
-	for _, e := range c.Env {
-		env[e.Name] = true
-	}
 	if len(c.Command) > 0 {
 		add("%s: command is set; the image's entrypoint is the binary, use args", cc.Where)
 	}
-	for _, a := range c.Args {
-		if !strings.HasPrefix(a, "--") {
-			add("%s: arg %q is not a --flag (the binaries take no positional arguments)", cc.Where, a)
-			continue
-		}
-		fname, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		fname = strings.ReplaceAll(fname, "_", "-")
-		f := fs.Lookup(fname)
-		if f == nil {
-			add("%s: %s has no flag --%s (from arg %q)", cc.Where, name, fname, a)
-			continue
-		}
-		if f.Deprecated != "" {
-			add("%s: --%s is an upstream flag %s ignores: %s", cc.Where, fname, name, f.Deprecated)
-		}
-		if !hasVal {
-			if f.NoOptDefVal == "" {
-				add("%s: --%s needs a value (write --%s=VALUE)", cc.Where, fname, fname)
-				continue
-			}
-			val = f.NoOptDefVal
-		}
-		for _, m := range envRef.FindAllStringSubmatch(val, -1) {
-			if !env[m[1]] {
-				add("%s: --%s uses $(%s), which the container's env does not define", cc.Where, fname, m[1])
-			}
-		}
-		if err := f.Value.Set(val); err != nil {
-			add("%s: --%s=%s: %v", cc.Where, fname, val, err)
-		}
-		cc.values[fname] = val
-	}
+	parseArgs(cc, fs, c.Args, add)
 
 	// Ports: every declared port is one the binary serves, on the port the
 	// flags give; every port the binary serves beyond loopback is declared.
@@ -231,45 +203,9 @@ func checkContainer(w *workload, c *corev1.Container, flags map[string]*pflag.Fl
 		}
 	}
 
-	// Locked down.
-	pod := w.Template.Spec.SecurityContext
-	sc := c.SecurityContext
-	if sc == nil {
-		sc = &corev1.SecurityContext{}
-	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		add("%s: securityContext.allowPrivilegeEscalation must be false", cc.Where)
-	}
-	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-		add("%s: securityContext.readOnlyRootFilesystem must be true", cc.Where)
-	}
-	if sc.Privileged != nil && *sc.Privileged {
-		add("%s: must not be privileged", cc.Where)
-	}
-	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
-		add("%s: securityContext.capabilities must drop ALL and add none", cc.Where)
-	}
-	nonRoot := sc.RunAsNonRoot
-	if nonRoot == nil && pod != nil {
-		nonRoot = pod.RunAsNonRoot
-	}
-	if nonRoot == nil || !*nonRoot {
-		// The one exception: the server creates its UNIX socket in a
-		// hostPath directory the kubelet made root-owned.
-		if !(name == "edge-tunnel-server" && cc.flag("uds-name") != "" && hostPathMount(w, c, path.Dir(cc.flag("uds-name")))) {
-			add("%s: must run as non-root (runAsNonRoot: true); only the server with --uds-name in a hostPath may run as root", cc.Where)
-		}
-	}
-	seccomp := sc.SeccompProfile
-	if seccomp == nil && pod != nil {
-		seccomp = pod.SeccompProfile
-	}
-	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
-		add("%s: seccompProfile must be RuntimeDefault (pod or container)", cc.Where)
-	}
-	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
-		add("%s: resources.requests must set cpu and memory", cc.Where)
-	}
+	// Locked down: non-root, no capabilities, and able to read its Secrets.
+	lockedDown(w, c, cc.Where, nil, add)
+	readsSecrets(w, c, cc.Where, add)
 
 	// Files named by flags are mounted; Secret files use the kubernetes.io/tls
 	// key names that `edge-tunnel-server certs` and cert-manager write.
@@ -289,10 +225,208 @@ func checkContainer(w *workload, c *corev1.Container, flags map[string]*pflag.Fl
 	return cc
 }
 
+// parseArgs sets cc.values from args as the binary (or subcommand) whose
+// flags are fs would parse them: defaults first, then every --flag=value,
+// each checked to exist, not be an ignored upstream flag, and parse.
+func parseArgs(cc *container, fs *pflag.FlagSet, args []string, add func(string, ...any)) {
+	cmd := fs.Name()
+	fs.VisitAll(func(f *pflag.Flag) { cc.values[f.Name] = f.DefValue })
+	env := map[string]bool{}
+	for _, e := range cc.C.Env {
+		env[e.Name] = true
+	}
+	for _, a := range args {
+		if !strings.HasPrefix(a, "--") {
+			add("%s: arg %q is not a --flag (the binaries take no positional arguments)", cc.Where, a)
+			continue
+		}
+		fname, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		fname = strings.ReplaceAll(fname, "_", "-")
+		f := fs.Lookup(fname)
+		if f == nil {
+			add("%s: %s has no flag --%s (from arg %q)", cc.Where, cmd, fname, a)
+			continue
+		}
+		if f.Deprecated != "" {
+			add("%s: --%s is an upstream flag %s ignores: %s", cc.Where, fname, cmd, f.Deprecated)
+		}
+		if !hasVal {
+			if f.NoOptDefVal == "" {
+				add("%s: --%s needs a value (write --%s=VALUE)", cc.Where, fname, fname)
+				continue
+			}
+			val = f.NoOptDefVal
+		}
+		for _, m := range envRef.FindAllStringSubmatch(val, -1) {
+			if !env[m[1]] {
+				add("%s: --%s uses $(%s), which the container's env does not define", cc.Where, fname, m[1])
+			}
+		}
+		if err := f.Value.Set(val); err != nil {
+			add("%s: --%s=%s: %v", cc.Where, fname, val, err)
+		}
+		cc.values[fname] = val
+	}
+}
+
+// lockedDown checks a container's securityContext (with the pod's where
+// the container leaves a field unset): no privilege escalation, a read-only
+// root file system, not privileged, every capability dropped and none added
+// but the given ones, RuntimeDefault seccomp, and resource requests. With
+// rootCaps == nil it must also run as non-root: runAsNonRoot true and no
+// runAsUser 0. Only an init container that needs root for one job (chown)
+// passes rootCaps, the capabilities that job needs.
+func lockedDown(w *workload, c *corev1.Container, where string, rootCaps []string, add func(string, ...any)) {
+	pod := w.Template.Spec.SecurityContext
+	if pod == nil {
+		pod = &corev1.PodSecurityContext{}
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		sc = &corev1.SecurityContext{}
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		add("%s: securityContext.allowPrivilegeEscalation must be false", where)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		add("%s: securityContext.readOnlyRootFilesystem must be true", where)
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		add("%s: must not be privileged", where)
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		add("%s: securityContext.capabilities must drop ALL", where)
+	}
+	if sc.Capabilities != nil {
+		for _, cp := range sc.Capabilities.Add {
+			if !slices.Contains(rootCaps, strings.TrimPrefix(string(cp), "CAP_")) {
+				add("%s: securityContext.capabilities adds %s; it may add only %v", where, cp, rootCaps)
+			}
+		}
+	}
+	if rootCaps == nil {
+		nonRoot, user := sc.RunAsNonRoot, sc.RunAsUser
+		if nonRoot == nil {
+			nonRoot = pod.RunAsNonRoot
+		}
+		if user == nil {
+			user = pod.RunAsUser
+		}
+		if nonRoot == nil || !*nonRoot || (user != nil && *user == 0) {
+			add("%s: must run as non-root (runAsNonRoot: true, runAsUser not 0); only the socket-dir init container runs as root", where)
+		}
+	}
+	seccomp := sc.SeccompProfile
+	if seccomp == nil {
+		seccomp = pod.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		add("%s: seccompProfile must be RuntimeDefault (pod or container)", where)
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+		add("%s: resources.requests must set cpu and memory", where)
+	}
+}
+
+// readsSecrets checks that a non-root container can read the Secret volumes
+// it mounts: the kubelet writes their files owned by root, so they must be
+// readable by others, or by the group with the pod's fsGroup set (which
+// makes the files that group's).
+func readsSecrets(w *workload, c *corev1.Container, where string, add func(string, ...any)) {
+	spec := &w.Template.Spec
+	fsGroup := spec.SecurityContext != nil && spec.SecurityContext.FSGroup != nil
+	for _, m := range c.VolumeMounts {
+		for _, v := range spec.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			mode := int32(0o644)
+			if v.Secret.DefaultMode != nil {
+				mode = *v.Secret.DefaultMode
+			}
+			if mode&0o004 == 0 && !(fsGroup && mode&0o040 != 0) {
+				add("%s: cannot read Secret %s (volume %s): defaultMode %04o gives a non-root user no read permission; set the pod's fsGroup and defaultMode 0440", where, v.Secret.SecretName, v.Name, mode)
+			}
+		}
+	}
+}
+
 var envRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 
+// initSubcommands are the subcommands an init container may run, with the
+// only capabilities each may add; they run as root for that one job.
+var initSubcommands = map[string][]string{
+	// chown(2) of the socket's hostPath directory, which the kubelet makes
+	// root-owned; socket-dir orders its calls so that FOWNER is not needed.
+	"socket-dir": {"CHOWN"},
+}
+
+// checkInitContainer checks an edge-tunnel init container: it runs one of
+// initSubcommands with flags that subcommand has, locked down but for the
+// capabilities that subcommand needs. flags holds subcommands' flag sets
+// under "BINARY SUBCOMMAND".
+func checkInitContainer(w *workload, c *corev1.Container, flags map[string]*pflag.FlagSet, add func(string, ...any)) *container {
+	name, _, _ := strings.Cut(strings.TrimPrefix(c.Image, imagePrefix), ":")
+	name, _, _ = strings.Cut(name, "@")
+	cc := &container{W: w, C: c, Bin: name, Where: w.Where + ": init container " + c.Name, values: map[string]string{}}
+	if len(c.Command) > 0 || len(c.Args) == 0 {
+		add("%s: want args with a subcommand first (one of %v) and no command", cc.Where, keys(initSubcommands))
+		return cc
+	}
+	cc.Sub = c.Args[0]
+	caps, ok := initSubcommands[cc.Sub]
+	fs := flags[name+" "+cc.Sub]
+	if !ok || fs == nil {
+		add("%s: %s %s is not a subcommand an init container runs (known: %v)", cc.Where, name, cc.Sub, keys(initSubcommands))
+		return cc
+	}
+	parseArgs(cc, fs, c.Args[1:], add)
+	lockedDown(w, c, cc.Where, caps, add)
+	if p := cc.flag("path"); cc.Sub == "socket-dir" && !hostPathMount(w, c, p) {
+		add("%s: --path=%s is not a hostPath mount of this container", cc.Where, p)
+	}
+	return cc
+}
+
+// runAsUser is the user a container runs as: its own runAsUser, the pod's,
+// or the images' USER (65532, Dockerfile).
+func runAsUser(c *container) int64 {
+	if sc := c.C.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		return *sc.RunAsUser
+	}
+	if sc := c.W.Template.Spec.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		return *sc.RunAsUser
+	}
+	return 65532
+}
+
+// checkSocketDir checks that a non-root server can create its socket: an
+// init container runs socket-dir on the socket's directory, mounted from the
+// same volume, for the server's user.
+func checkSocketDir(c *container, inits []*container, add func(string, ...any)) {
+	dir := path.Dir(c.flag("uds-name"))
+	vol := mountName(c.C, dir)
+	user := runAsUser(c)
+	if user == 0 {
+		return // lockedDown reports a root server
+	}
+	for _, ic := range inits {
+		if ic.W != c.W || ic.Sub != "socket-dir" {
+			continue
+		}
+		if p := path.Clean(ic.flag("path")); p != dir || mountName(ic.C, p) != vol {
+			add("%s: --path=%s is not the directory of the server's socket (%s, volume %s)", ic.Where, ic.flag("path"), dir, vol)
+		}
+		if uid := ic.flag("uid"); uid != strconv.FormatInt(user, 10) {
+			add("%s: --uid=%s is not the server's runAsUser %d, which must own %s to create its socket there", ic.Where, uid, user, dir)
+		}
+		return
+	}
+	add("%s: runs as user %d with --uds-name=%s in a hostPath directory, which the kubelet creates root-owned, but no init container runs socket-dir to give it that directory", c.Where, user, c.flag("uds-name"))
+}
+
 // checkServer checks the server Deployment against the objects around it.
-func checkServer(o *objects, c *container, add func(string, ...any)) {
+func checkServer(o *objects, c *container, inits []*container, add func(string, ...any)) {
 	w, spec := c.W, &c.W.Template.Spec
 	leases := c.flag("enable-lease-controller") == "true"
 	if count := c.port("server-count"); w.Kind == "Deployment" && leases && count > int(w.Replicas) {
@@ -314,6 +448,8 @@ func checkServer(o *objects, c *container, add func(string, ...any)) {
 	}
 	if u := c.flag("uds-name"); u != "" && !hostPathMount(w, c.C, path.Dir(u)) {
 		add("%s: --uds-name=%s is not in a hostPath mount: kube-apiserver on the node could not reach it", c.Where, u)
+	} else if u != "" {
+		checkSocketDir(c, inits, add)
 	}
 	// The ConfigMap watch and its RBAC.
 	ref := c.flag("ports-configmap")
@@ -632,6 +768,16 @@ func mountFor(w *workload, c *corev1.Container, file string) *corev1.Volume {
 		}
 	}
 	return vol
+}
+
+// mountName is the name of the volume c mounts at dir, or "".
+func mountName(c *corev1.Container, dir string) string {
+	for _, m := range c.VolumeMounts {
+		if path.Clean(m.MountPath) == path.Clean(dir) {
+			return m.Name
+		}
+	}
+	return ""
 }
 
 func hostPathMount(w *workload, c *corev1.Container, dir string) bool {

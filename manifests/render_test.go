@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -176,12 +177,17 @@ func render(t *testing.T, dir string) *objects {
 
 // binaryFlags returns a fresh flag set of each edge-tunnel binary, keyed by
 // the binary (and image) name: the real commands' flags, defaults included.
+// Subcommands' flag sets are keyed "BINARY SUBCOMMAND" (init containers
+// run them).
 func binaryFlags() map[string]*pflag.FlagSet {
-	return map[string]*pflag.FlagSet{
-		"edge-tunnel-server": serverapp.NewCommand().Flags(),
-		"edge-tunnel-agent":  agentapp.NewCommand().Flags(),
-		"edge-tunnel-proxy":  proxyapp.NewCommand().Flags(),
+	fs := map[string]*pflag.FlagSet{}
+	for _, cmd := range []*cobra.Command{serverapp.NewCommand(), agentapp.NewCommand(), proxyapp.NewCommand()} {
+		fs[cmd.Name()] = cmd.Flags()
+		for _, sub := range cmd.Commands() {
+			fs[cmd.Name()+" "+sub.Name()] = sub.Flags()
+		}
 	}
+	return fs
 }
 
 // TestManifests renders every kustomization and checks the invariants.
@@ -275,6 +281,71 @@ func TestChecksCatchBreakage(t *testing.T) {
 			c.Args = append(c.Args, "--server-count=3")
 		},
 		want: "replicas 2 but --server-count=3: with --enable-lease-controller it is the least count",
+	}, {
+		name: "server back to root",
+		objs: func(o *objects) {
+			root := int64(0)
+			serverContainer(o).SecurityContext.RunAsUser = &root
+		},
+		want: "container edge-tunnel-server: must run as non-root (runAsNonRoot: true, runAsUser not 0)",
+	}, {
+		name: "server with a capability",
+		objs: func(o *objects) {
+			serverContainer(o).SecurityContext.Capabilities.Add = []corev1.Capability{"NET_BIND_SERVICE"}
+		},
+		want: "container edge-tunnel-server: securityContext.capabilities adds NET_BIND_SERVICE; it may add only []",
+	}, {
+		name: "server's root file system writable",
+		objs: func(o *objects) {
+			no := false
+			serverContainer(o).SecurityContext.ReadOnlyRootFilesystem = &no
+		},
+		want: "container edge-tunnel-server: securityContext.readOnlyRootFilesystem must be true",
+	}, {
+		name: "init container with a capability socket-dir does not need",
+		objs: func(o *objects) {
+			sc := socketDirContainer(o).SecurityContext
+			sc.Capabilities.Add = append(sc.Capabilities.Add, "FOWNER")
+		},
+		want: "init container socket-dir: securityContext.capabilities adds FOWNER; it may add only [CHOWN]",
+	}, {
+		name: "init container with a writable root file system",
+		objs: func(o *objects) {
+			no := false
+			socketDirContainer(o).SecurityContext.ReadOnlyRootFilesystem = &no
+		},
+		want: "init container socket-dir: securityContext.readOnlyRootFilesystem must be true",
+	}, {
+		name: "no socket-dir init container",
+		objs: func(o *objects) { o.Deployments[0].Spec.Template.Spec.InitContainers = nil },
+		want: "runs as user 65532 with --uds-name=/etc/kubernetes/konnectivity-server/konnectivity-server.socket in a hostPath directory",
+	}, {
+		name: "socket-dir for another user",
+		objs: func(o *objects) { replaceArg(&socketDirContainer(o).Args, "--uid=", "--uid=1000") },
+		want: "--uid=1000 is not the server's runAsUser 65532",
+	}, {
+		name: "socket-dir on another directory",
+		objs: func(o *objects) {
+			replaceArg(&socketDirContainer(o).Args, "--path=", "--path=/etc/kubernetes/pki")
+		},
+		want: "--path=/etc/kubernetes/pki is not a hostPath mount of this container",
+	}, {
+		name: "socket-dir flag renamed in the binary",
+		flags: func(f map[string]*pflag.FlagSet) {
+			f["edge-tunnel-server socket-dir"] = renamed(f["edge-tunnel-server socket-dir"], "uid", "user")
+		},
+		want: "socket-dir has no flag --uid",
+	}, {
+		name: "Secret unreadable by the server's user",
+		objs: func(o *objects) {
+			for _, v := range o.Deployments[0].Spec.Template.Spec.Volumes {
+				if v.Secret != nil {
+					m := int32(0o400)
+					v.Secret.DefaultMode = &m
+				}
+			}
+		},
+		want: "cannot read Secret edge-tunnel-server-certs (volume certs): defaultMode 0400",
 	}}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -344,6 +415,14 @@ func renamed(fs *pflag.FlagSet, old, new string) *pflag.FlagSet {
 		out.AddFlag(&c)
 	})
 	return out
+}
+
+func serverContainer(o *objects) *corev1.Container {
+	return &o.Deployments[0].Spec.Template.Spec.Containers[0]
+}
+
+func socketDirContainer(o *objects) *corev1.Container {
+	return &o.Deployments[0].Spec.Template.Spec.InitContainers[0]
 }
 
 func agentContainer(o *objects) *corev1.Container {
