@@ -93,6 +93,19 @@ if [ "$status" != 0 ]; then
 fi
 [ "$status" = 0 ]
 
+begin "benchmarks (once each, short sizes)"
+# The figures come from `make bench`; this only keeps every benchmark
+# building and running (16 MiB transfers, 200 connections, 200 agents).
+bench_log="$(mktemp)"
+bench_status=0
+BENCH_IDLE_CONNS=200 BENCH_AGENTS=200 go test -short -run '^$' -bench . -benchtime 1x -timeout 10m \
+  ./pkg/... ./e2e/bench/ >"$bench_log" 2>&1 || bench_status=$?
+grep -E '^(Benchmark|ok|FAIL|---|panic:)' "$bench_log" || true
+if [ "$bench_status" != 0 ]; then
+  tail -60 "$bench_log" >&2
+  false
+fi
+
 begin "soak (1 minute)"
 # A server and three agents as processes under sustained mixed load
 # (hack/soak); fails on an unexpected error, memory that keeps growing, or
