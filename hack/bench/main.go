@@ -196,7 +196,9 @@ func report(res map[string]*result) {
 	for _, r := range rows {
 		w[0], w[1], w[2], w[3] = max(w[0], len(r.figure)), max(w[1], len(r.value)), max(w[2], len(r.goal)), max(w[3], len(r.upstream))
 	}
-	pr := func(a, b, c, d string) { fmt.Printf("| %-*s | %-*s | %-*s | %-*s |\n", w[0], a, w[1], b, w[2], c, w[3], d) }
+	pr := func(a, b, c, d string) {
+		fmt.Printf("| %-*s | %-*s | %-*s | %-*s |\n", w[0], a, w[1], b, w[2], c, w[3], d)
+	}
 	pr("figure", "measured", "goal", "upstream v0.36")
 	pr(strings.Repeat("-", w[0]), strings.Repeat("-", w[1]), strings.Repeat("-", w[2]), strings.Repeat("-", w[3]))
 	for _, r := range rows {

@@ -34,6 +34,7 @@ type agentService struct {
 	serverCount func() int
 	liveCount   bool
 	connStreams bool
+	maxPending  int               // per agent; 0: no bound
 	identity    *agentauth.Binder // nil: claims are not checked
 	agents      *registry
 	m           *metrics.Server
@@ -90,6 +91,7 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 		connStreams: connStreams,
 		stream:      stream,
 		m:           a.m,
+		maxPending:  a.maxPending,
 		pending:     map[int64]*pendingDial{},
 		conns:       map[int64]*tunnel.PacketConn{},
 	}
@@ -134,16 +136,13 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 	if s == nil {
 		return status.Errorf(codes.FailedPrecondition, "edge-tunnel-server: agent %s has no control stream on this connection; open AgentService.Connect first", id)
 	}
-	done := make(chan struct{})
-	conn := tunnel.NewStreamConn(stream, func() { close(done) })
+	// The handler's goroutine does one direction of the copy (Serve) and
+	// returns, ending the stream, once the connection is closed.
+	conn := tunnel.NewHostedStreamConn(stream, func() {})
 	if !s.resolve(dialID, dialResult{conn: conn}) {
 		return status.Errorf(codes.NotFound, "edge-tunnel-server: dial %d is not pending (cancelled or timed out); close the connection", dialID)
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		conn.Close()
-	}
+	conn.Serve(ctx)
 	return nil
 }
 

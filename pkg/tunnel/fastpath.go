@@ -49,6 +49,8 @@ type counted struct {
 	once    sync.Once
 }
 
+func (c *counted) Go(f func()) bool { return hostGo(c.ReadWriteCloser, f) }
+
 func (c *counted) Close() error {
 	c.once.Do(c.closed)
 	return c.ReadWriteCloser.Close()

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"sync/atomic"
@@ -232,4 +233,33 @@ func TestNextSize(t *testing.T) {
 			t.Errorf("nextSize(%d, %d) = %d, want %d", tc.size, tc.n, got, tc.want)
 		}
 	}
+}
+
+// TestHostedStreamConn: work handed to a hosted connection runs on the
+// goroutine in Serve; once Serve has returned, Go refuses, so the caller
+// runs the work itself and nothing is lost.
+func TestHostedStreamConn(t *testing.T) {
+	c := NewHostedStreamConn(&wireStream{}, func() {})
+	ran := make(chan bool, 1)
+	served := make(chan struct{})
+	if !c.Go(func() { ran <- true; c.Close() }) {
+		t.Fatal("Go refused work before Serve started; want it queued")
+	}
+	go func() { c.Serve(context.Background()); close(served) }()
+	<-ran
+	<-served
+	if c.Go(func() {}) {
+		t.Fatal("Go accepted work after Serve returned")
+	}
+	if NewStreamConn(&wireStream{}, func() {}).Go(func() {}) {
+		t.Fatal("Go accepted work on a connection that is not hosted")
+	}
+
+	// A cancelled context ends Serve and closes the connection.
+	closed := make(chan struct{})
+	c = NewHostedStreamConn(&wireStream{}, func() { close(closed) })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.Serve(ctx)
+	<-closed
 }

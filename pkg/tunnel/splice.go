@@ -38,19 +38,34 @@ func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
 		errMu.Unlock()
 	}
 	wg.Add(1)
-	go func() {
+	toB := func() {
 		defer wg.Done()
 		n, e := Copy(b, a)
 		aToB = n
 		record(e)
 		closeBoth()
-	}()
+	}
+	if !hostGo(b, toB) && !hostGo(a, toB) {
+		go toB()
+	}
 	n, e := Copy(a, b)
 	bToA = n
 	record(e)
 	closeBoth()
 	wg.Wait()
 	return aToB, bToA, firstErr
+}
+
+// Host is a connection whose stream has a goroutine of its own that can do
+// work for it (StreamConn from NewHostedStreamConn, and wrappers of one).
+// Splice hands it one direction of the copy instead of starting a goroutine.
+type Host interface {
+	Go(f func()) bool
+}
+
+func hostGo(c io.ReadWriteCloser, f func()) bool {
+	h, ok := c.(Host)
+	return ok && h.Go(f)
 }
 
 // ErrClosed is returned by the adapters after Close.

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -31,6 +32,12 @@ type StreamConn struct {
 	s       ChunkStream
 	closeFn func()
 	once    sync.Once
+	closed  chan struct{} // closed by Close
+
+	// A hosted connection runs work on its stream's goroutine (Serve).
+	hostMu   sync.Mutex
+	tasks    chan func() // nil unless hosted
+	hostGone bool
 
 	// Read side, used by one goroutine at a time. With Codec installed the
 	// received payload stays in gRPC's buffers until read.
@@ -47,7 +54,57 @@ type StreamConn struct {
 // it half-closes and later cancels the stream context, on the server it lets
 // the handler return. It runs once, on the first Close.
 func NewStreamConn(s ChunkStream, closeFn func()) *StreamConn {
-	return &StreamConn{s: s, closeFn: closeFn}
+	return &StreamConn{s: s, closeFn: closeFn, closed: make(chan struct{})}
+}
+
+// NewHostedStreamConn is NewStreamConn for a stream whose goroutine would
+// otherwise only wait for the end (a gRPC server handler): its owner calls
+// Serve, and Go hands that goroutine work. An idle tunneled connection
+// then costs one goroutine stack less.
+func NewHostedStreamConn(s ChunkStream, closeFn func()) *StreamConn {
+	c := NewStreamConn(s, closeFn)
+	c.tasks = make(chan func(), 1)
+	return c
+}
+
+// Serve runs the work Go hands it on the calling goroutine until the
+// connection is closed, or until ctx ends, which closes it.
+func (c *StreamConn) Serve(ctx context.Context) {
+	for {
+		select {
+		case f := <-c.tasks:
+			f()
+			continue
+		case <-c.closed:
+		case <-ctx.Done():
+			c.Close()
+		}
+		break
+	}
+	c.hostMu.Lock()
+	c.hostGone = true
+	c.hostMu.Unlock()
+	select {
+	case f := <-c.tasks: // handed over just before the end
+		f()
+	default:
+	}
+}
+
+// Go runs f on the goroutine in Serve and reports whether it will; false
+// means the caller must run f itself.
+func (c *StreamConn) Go(f func()) bool {
+	c.hostMu.Lock()
+	defer c.hostMu.Unlock()
+	if c.tasks == nil || c.hostGone {
+		return false
+	}
+	select {
+	case c.tasks <- f:
+		return true
+	default:
+		return false
+	}
 }
 
 // Read returns bytes of the connection; io.EOF once the peer ended the stream.
@@ -224,6 +281,9 @@ func splitAt(s mem.BufferSlice, n int) (head, rest mem.BufferSlice) {
 
 // Close ends the stream. It is idempotent and does not block.
 func (c *StreamConn) Close() error {
-	c.once.Do(c.closeFn)
+	c.once.Do(func() {
+		close(c.closed)
+		c.closeFn()
+	})
 	return nil
 }
