@@ -19,10 +19,13 @@ type Config struct {
 	// UDSName is the UNIX socket for kube-apiserver's egress selector. Both the
 	// gRPC ProxyService and HTTP CONNECT are served on it. Empty disables it.
 	UDSName string
-	// UDSMode is the file mode of the socket (default 0660).
+	// UDSMode is the file mode of the socket (default 0660); it may give
+	// other users nothing (CheckSocketMode).
 	UDSMode os.FileMode
 
 	// FrontendAddr is host:port of the TCP frontend (gRPC and HTTP CONNECT over
+	// UDSGroup, when set, is the socket's group: a name or a numeric gid.
+	UDSGroup string
 	// TLS). Empty disables it. FrontendTLS must then be set.
 	FrontendAddr string
 	FrontendTLS  *tls.Config

@@ -23,7 +23,7 @@ func TestListenUnix(t *testing.T) {
 		t.Fatalf("setup: the stale socket file should exist: %v", err)
 	}
 
-	ln, err := listenUnix(path, 0o660)
+	ln, err := listenUnix(path, 0o660, "")
 	if err != nil {
 		t.Fatalf("a stale socket must be replaced: %v", err)
 	}
@@ -37,14 +37,14 @@ func TestListenUnix(t *testing.T) {
 	}
 
 	// A live server on the path: refuse instead of stealing its socket.
-	if _, err := listenUnix(path, 0o660); err == nil || !strings.Contains(err.Error(), "another process is serving") {
+	if _, err := listenUnix(path, 0o660, ""); err == nil || !strings.Contains(err.Error(), "another process is serving") {
 		t.Fatalf("got %v, want a refusal naming the live socket", err)
 	}
 
 	// Not a socket: refuse, do not delete the user's file.
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, []byte("keep me"), 0o600)
-	if _, err := listenUnix(file, 0o660); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := listenUnix(file, 0o660, ""); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("got %v, want a refusal saying it is not a socket", err)
 	}
 	if b, _ := os.ReadFile(file); string(b) != "keep me" {

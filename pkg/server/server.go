@@ -148,7 +148,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var udsLn, feLn net.Listener
 	var err error
 	if s.cfg.UDSName != "" {
-		if udsLn, err = listenUnix(s.cfg.UDSName, s.cfg.UDSMode); err != nil {
+		if udsLn, err = listenUnix(s.cfg.UDSName, s.cfg.UDSMode, s.cfg.UDSGroup); err != nil {
 			return err
 		}
 		lns = append(lns, udsLn)
