@@ -211,7 +211,9 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(tunnel.Codec)),
 		grpc.WithInitialWindowSize(1<<20),
 		grpc.WithInitialConnWindowSize(64<<20),
-		grpc.WithReadBufferSize(64<<10),
+		// TLS holds a whole record already: a gRPC read buffer on top
+		// would only copy every byte once more (see the server's side).
+		grpc.WithReadBufferSize(0),
 		grpc.WithWriteBufferSize(64<<10),
 	)
 	if err != nil {
