@@ -41,9 +41,10 @@ func newSocketDirCommand() *cobra.Command {
 --uid:--gid with mode --mode, creating it if it is missing, so that a server
 running as that user can create its socket there. Run it before the server as
 an init container: it needs root with the CHOWN capability and nothing else
-(manifests/base/server/deployment.yaml). It changes nothing when DIR is
-already as asked. A socket an earlier server left in DIR is handed over too,
-so that a server running as another user can replace it.
+(manifests/base/server/deployment.yaml). Run again, it leaves DIR as it
+is asked to be and says whether it was so already. A socket an earlier
+server left in DIR is handed over too, so that a server running as another
+user can replace it.
 
 kube-apiserver running as root reaches the socket whatever the directory's
 mode; one running as another user needs --gid to be its group (and the
@@ -112,13 +113,16 @@ func (o *socketDir) validate() (fs.FileMode, []error) {
 
 // prepareSocketDir creates dir if it is missing and gives it owner uid:gid
 // and mode perm, plus the sockets directly in it to uid:gid. It reports
-// whether it changed anything.
+// whether that changed anything.
 //
-// The order keeps the capabilities needed to CHOWN alone: a process that
-// does not own the directory needs FOWNER to chmod it, so it first takes the
-// directory over (chown to itself, which CHOWN allows), then sets the mode as
-// its owner, then hands it on. Symbolic links are refused rather than
-// followed: a root process must not be led to chown something else.
+// It works as the directory's owner, so that CHOWN is the only capability
+// root needs: without DAC_READ_SEARCH it could not list a directory that
+// 65532 owns with mode 0750, and without FOWNER not chmod it. So it takes the
+// directory over (chown to itself), opens it for itself (owner rwx), hands
+// over the sockets in it, then sets the mode and hands the directory on.
+// This runs before the server starts, so nobody sees the passing states.
+// Symbolic links are refused rather than followed: a root process must not
+// be led to chown something else.
 func prepareSocketDir(dir string, uid, gid int, perm fs.FileMode) (changed bool, err error) {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -142,28 +146,50 @@ func prepareSocketDir(dir string, uid, gid int, perm fs.FileMode) (changed bool,
 		return changed, fmt.Errorf("socket directory %s: no owner information on this platform", dir)
 	}
 	const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
-	if fi.Mode()&modeBits != perm {
-		if me := os.Geteuid(); int(st.Uid) != me {
-			if err := os.Lchown(dir, me, -1); err != nil {
-				return changed, fmt.Errorf("socket directory %s: taking it over to set its mode: %w (run as root with the CHOWN capability, or as its owner)", dir, err)
-			}
-		}
-		if err := os.Chmod(dir, perm); err != nil {
-			return changed, fmt.Errorf("socket directory %s: setting mode %04o: %w", dir, perm, err)
-		}
-		changed = true
-		st.Uid = uint32(os.Geteuid())
-	}
-	if int(st.Uid) != uid || int(st.Gid) != gid {
-		if err := os.Lchown(dir, uid, gid); err != nil {
-			return changed, fmt.Errorf("socket directory %s: changing its owner to %d:%d: %w (run as root with the CHOWN capability)", dir, uid, gid, err)
-		}
+	curUID, curGID, curMode := int(st.Uid), int(st.Gid), fi.Mode()&modeBits
+	if curUID != uid || curGID != gid || curMode != perm {
 		changed = true
 	}
 
+	if me := os.Geteuid(); curUID != me {
+		if err := os.Lchown(dir, me, -1); err != nil {
+			return changed, fmt.Errorf("socket directory %s: taking it over: %w (run as root with the CHOWN capability, or as its owner)", dir, err)
+		}
+		curUID = me
+	}
+	if open := perm | 0o700; curMode != open {
+		if err := os.Chmod(dir, open); err != nil {
+			return changed, fmt.Errorf("socket directory %s: setting mode %04o: %w", dir, open, err)
+		}
+		curMode = open
+	}
+	handed, err := handOverSockets(dir, uid, gid)
+	if handed {
+		changed = true
+	}
+	if err != nil {
+		return changed, err
+	}
+	if curMode != perm {
+		if err := os.Chmod(dir, perm); err != nil {
+			return changed, fmt.Errorf("socket directory %s: setting mode %04o: %w", dir, perm, err)
+		}
+	}
+	if curUID != uid || curGID != gid {
+		if err := os.Lchown(dir, uid, gid); err != nil {
+			return changed, fmt.Errorf("socket directory %s: changing its owner to %d:%d: %w (run as root with the CHOWN capability)", dir, uid, gid, err)
+		}
+	}
+	return changed, nil
+}
+
+// handOverSockets gives the sockets directly in dir to uid:gid: one that an
+// earlier server running as another user left behind (after a crash, or
+// from before the server ran as uid) could be neither checked nor replaced.
+func handOverSockets(dir string, uid, gid int) (handed bool, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return changed, fmt.Errorf("socket directory %s: listing it for old sockets: %w", dir, err)
+		return false, fmt.Errorf("socket directory %s: listing it for old sockets: %w", dir, err)
 	}
 	for _, e := range entries {
 		if e.Type()&fs.ModeSocket == 0 {
@@ -171,19 +197,19 @@ func prepareSocketDir(dir string, uid, gid int, perm fs.FileMode) (changed bool,
 		}
 		p := filepath.Join(dir, e.Name())
 		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // removed meanwhile
-			}
-			return changed, fmt.Errorf("old socket %s: %w", p, err)
+			return handed, fmt.Errorf("old socket %s: %w", p, err)
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == uid && int(st.Gid) == gid {
 			continue
 		}
 		if err := os.Lchown(p, uid, gid); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return changed, fmt.Errorf("old socket %s: changing its owner to %d:%d: %w", p, uid, gid, err)
+			return handed, fmt.Errorf("old socket %s: changing its owner to %d:%d: %w", p, uid, gid, err)
 		}
-		changed = true
+		handed = true
 	}
-	return changed, nil
+	return handed, nil
 }
