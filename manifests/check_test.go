@@ -112,6 +112,8 @@ func check(o *objects, flags map[string]*pflag.FlagSet) []string {
 		switch c.Bin {
 		case "edge-tunnel-server":
 			checkServer(o, c, inits, add)
+			checkProxyExposure(o, c, add)
+			checkPolicyPorts(o, c, add)
 		case "edge-tunnel-agent":
 			checkAgent(o, c, cs, add)
 		}
@@ -163,6 +165,7 @@ func checkContainer(w *workload, c *corev1.Container, flags map[string]*pflag.Fl
 		if got := cc.flag(fl); strconv.Itoa(int(cp.ContainerPort)) != got {
 			add("%s: port %s is %d, but the binary listens on %s (--%s)", cc.Where, cp.Name, cp.ContainerPort, got, fl)
 		}
+		loopbackPortDeclared(cc, cp.Name, bindFlags[fl], add)
 	}
 	for pname, fl := range portFlags[name] {
 		if _, ok := declared[pname]; ok || cc.port(fl) == 0 {

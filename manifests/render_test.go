@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -89,6 +90,7 @@ type objects struct {
 	ClusterRoles    []*rbacv1.ClusterRole
 	ClusterBindings []*rbacv1.ClusterRoleBinding
 	PDBs            []*policyv1.PodDisruptionBudget
+	NetworkPolicies []*networkingv1.NetworkPolicy
 	Certificates    []*certificate
 	Issuers         []*issuer
 	Other           []map[string]any
@@ -164,6 +166,8 @@ func render(t *testing.T, dir string) *objects {
 			objs.ClusterBindings = append(objs.ClusterBindings, strict(&rbacv1.ClusterRoleBinding{}).(*rbacv1.ClusterRoleBinding))
 		case "PodDisruptionBudget":
 			objs.PDBs = append(objs.PDBs, strict(&policyv1.PodDisruptionBudget{}).(*policyv1.PodDisruptionBudget))
+		case "NetworkPolicy":
+			objs.NetworkPolicies = append(objs.NetworkPolicies, strict(&networkingv1.NetworkPolicy{}).(*networkingv1.NetworkPolicy))
 		case "Certificate":
 			objs.Certificates = append(objs.Certificates, loose(&certificate{}).(*certificate))
 		case "Issuer":

@@ -31,6 +31,14 @@ type Proxy struct {
 	dialer      Dialer
 	dialTimeout time.Duration
 	log         klog.Logger
+
+	// MaxPendingDials bounds the dials waiting for an answer on one
+	// stream (0: no bound). kube-apiserver has one at a time per stream;
+	// a client that sends DIAL_REQs without waiting would otherwise hold
+	// a goroutine and an agent's pending slot each. Set it before Register.
+	MaxPendingDials int
+	// Refused, when set, counts dials refused by MaxPendingDials.
+	Refused func()
 }
 
 // NewProxy returns the ProxyService implementation.
@@ -135,6 +143,15 @@ func (ps *proxyStream) onDial(r *client.DialRequest) {
 		ps.mu.Unlock()
 		cancel()
 		fail("edge-tunnel-server: duplicate dial ID on this stream; each DIAL_REQ needs its own random")
+		return
+	}
+	if max := ps.p.MaxPendingDials; max > 0 && len(ps.dials) >= max {
+		ps.mu.Unlock()
+		cancel()
+		if ps.p.Refused != nil {
+			ps.p.Refused()
+		}
+		fail(fmt.Sprintf("edge-tunnel-server: %d dials are already waiting for an answer on this stream (--max-pending-dials-per-stream); wait for their DIAL_RSP, or open another stream", max))
 		return
 	}
 	ps.dials[r.Random] = cancel

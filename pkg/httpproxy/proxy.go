@@ -35,14 +35,40 @@ import (
 // Frontend labels the proxy's dials in the server's metrics.
 const Frontend = "http-proxy"
 
-// Limits of the listener. A proxy request head is a request line and a few
-// headers (a bearer token at most); a client that takes longer than
-// ReadHeaderTimeout to send one is holding a connection for nothing.
+// Default limits of the listener. A proxy request head is a request line
+// and a few headers (a bearer token at most); a client that takes longer
+// than ReadHeaderTimeout to send one is holding a connection for nothing,
+// and a kept-alive connection idle for IdleTimeout is closed.
 const (
 	MaxHeaderBytes    = 32 << 10
 	ReadHeaderTimeout = 10 * time.Second
 	IdleTimeout       = 2 * time.Minute
 )
+
+// Limits bound what one client connection may hold; zero fields take the
+// defaults above.
+type Limits struct {
+	// MaxHeaderBytes bounds a request head; a larger one gets 431.
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds the wait for a request head, on a new
+	// connection and between requests on a kept-alive one.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection that sends no request.
+	IdleTimeout time.Duration
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = MaxHeaderBytes
+	}
+	if l.ReadHeaderTimeout <= 0 {
+		l.ReadHeaderTimeout = ReadHeaderTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = IdleTimeout
+	}
+	return l
+}
 
 // Dialer opens tunneled connections; frontend.Dialer, repeated here so that
 // the sidecar does not need the server's packages to satisfy it.
@@ -86,6 +112,15 @@ type Options struct {
 	TLS *tls.Config
 	// Log receives the proxy's logs.
 	Log klog.Logger
+	// Limits bound request heads and idle connections.
+	Limits Limits
+	// Token, when set, is the bearer token every request must carry in
+	// Proxy-Authorization (Bearer TOKEN, or Basic with TOKEN as the
+	// password); others get 407.
+	Token string
+	// Refused, when set, counts requests refused by the proxy's own
+	// checks, by reason (metrics.RefusedProxyAuth).
+	Refused func(reason string)
 }
 
 // Proxy is the HTTP proxy: an http.Handler and the http.Server that serves
@@ -100,6 +135,8 @@ type Proxy struct {
 	transport   *http.Transport
 	srv         *http.Server
 	tlsConfig   *tls.Config
+	auth        *tokenAuth // nil: no token required
+	refused     func(reason string)
 
 	tunnelsMu sync.Mutex
 	tunnels   map[io.Closer]struct{} // hijacked CONNECT connections, both ends
@@ -128,15 +165,18 @@ func New(o Options) (*Proxy, error) {
 		via:         o.Name + "-" + hex.EncodeToString(id[:]),
 		log:         o.Log,
 		tunnels:     map[io.Closer]struct{}{},
+		auth:        newTokenAuth(o.Token),
+		refused:     o.Refused,
 	}
+	lim := o.Limits.withDefaults()
 	p.transport = p.newTransport()
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	p.srv = &http.Server{
 		Handler:           p,
-		ReadHeaderTimeout: ReadHeaderTimeout,
-		IdleTimeout:       IdleTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		// HTTP/1.1 only: CONNECT and absolute-form are HTTP/1 proxy
 		// semantics, and neither TLS ALPN nor prior knowledge may switch
 		// a client into HTTP/2 here.
@@ -188,6 +228,10 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 
 // ServeHTTP dispatches by request form.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.auth != nil && !p.auth.ok(r.Header.Get("Proxy-Authorization")) {
+		p.unauthenticated(w, r)
+		return
+	}
 	if r.Method == http.MethodConnect {
 		p.serveConnect(w, r)
 		return

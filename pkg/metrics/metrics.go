@@ -32,6 +32,14 @@ const (
 	ModeConnStreams  = "conn-streams"
 	ModeSingleStream = "single-stream"
 
+	// Reasons of edge_tunnel_server_refusals_total: a policy or a limit
+	// against abuse turned a request away.
+	RefusedDirectDial         = "direct_dial_not_allowed"
+	RefusedAgentPendingDials  = "agent_pending_dials"
+	RefusedClientPendingDials = "client_pending_dials"
+	RefusedClientConnections  = "client_connections"
+	RefusedProxyAuth          = "proxy_unauthenticated"
+
 	DirectionToAgent    = "to_agent"
 	DirectionFromAgent  = "from_agent"
 	DirectionToServer   = "to_server"
@@ -46,6 +54,7 @@ var (
 	modes            = []string{ModeConnStreams, ModeSingleStream}
 	serverDirections = []string{DirectionToAgent, DirectionFromAgent}
 	agentDirections  = []string{DirectionToServer, DirectionFromServer}
+	refusalReasons   = []string{RefusedDirectDial, RefusedAgentPendingDials, RefusedClientPendingDials, RefusedClientConnections, RefusedProxyAuth}
 )
 
 // dialBuckets spans a loopback dial (about half a millisecond) to the longest
@@ -78,6 +87,10 @@ type Server struct {
 	// BadPackets counts packets dropped as malformed or unexpected, by
 	// source (agent or frontend) and reason.
 	BadPackets *prometheus.CounterVec
+	// Refusals counts requests turned away by a policy or a limit against
+	// abuse, by reason (the Refused* constants): each one is a client that
+	// asked for more than the configuration allows.
+	Refusals *prometheus.CounterVec
 
 	// PortsGeneration is the generation of the edge-node port policy in
 	// effect: 0 at start, one more per change applied.
@@ -135,6 +148,10 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: namespace, Subsystem: "server", Name: "bad_packets_total",
 			Help: "Packets dropped as malformed or unexpected, by source and reason.",
 		}, []string{"source", "reason"}),
+		Refusals: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "server", Name: "refusals_total",
+			Help: "Requests refused by a policy or a limit against abuse, by reason.",
+		}, []string{"reason"}),
 		PortsGeneration: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: "server", Name: "ports_config_generation",
 			Help: "Generation of the edge-node port policy in effect (0: the start-up policy; one more per change).",
@@ -163,6 +180,9 @@ func NewServer(reg prometheus.Registerer) *Server {
 	}
 	for _, d := range serverDirections {
 		m.Bytes.WithLabelValues(d)
+	}
+	for _, r := range refusalReasons {
+		m.Refusals.WithLabelValues(r)
 	}
 	return m
 }

@@ -52,12 +52,18 @@ type Route struct {
 	Address string  // what is dialed (may differ from the request, e.g. localhost rewriting)
 	Agent   Backend // set when Kind is ViaAgent
 	direct  *net.Dialer
+	// checked: a direct dial of a name --direct-dial-allow does not
+	// list, so its addresses are resolved and checked before the dial.
+	checked *Router
 }
 
 // Dial opens the connection the route describes.
 func (r Route) Dial(ctx context.Context) (io.ReadWriteCloser, error) {
 	if r.Kind == ViaAgent {
 		return r.Agent.Dial(ctx, r.Address)
+	}
+	if r.checked != nil {
+		return r.checked.dialChecked(ctx, r.direct, r.Address)
 	}
 	c, err := r.direct.DialContext(ctx, "tcp", r.Address)
 	if err != nil {
@@ -75,6 +81,8 @@ type Router struct {
 	directDial bool
 	dialer     net.Dialer
 	ports      atomic.Pointer[ports.Config]
+	allow      *Allow // where direct dials may go; nil: anywhere
+	refused    func() // counts direct dials refused by allow
 }
 
 // New returns a Router with the default port policy. directDial allows hosts
@@ -127,7 +135,15 @@ func (r *Router) Route(address string) (Route, error) {
 			id, host, time.Since(since).Round(time.Second))
 	}
 	if r.directDial {
-		return Route{Kind: Direct, Address: address, direct: &r.dialer}, nil
+		resolve, err := r.checkDirect(address, host)
+		if err != nil {
+			return Route{}, err
+		}
+		rt := Route{Kind: Direct, Address: address, direct: &r.dialer}
+		if resolve {
+			rt.checked = r
+		}
+		return rt, nil
 	}
 	return Route{}, tunnel.Errorf(tunnel.KindNoRoute,
 		"edge-tunnel-server: no edge-tunnel-agent is connected for host %q: check that edge-tunnel-agent runs on that node and lists %q in its identifiers (--agent-identifiers, NODE_NAME, NODE_IP)", host, host)

@@ -8,8 +8,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/agentauth"
+	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
 	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/ports"
+	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 )
 
 // Config is everything a Server needs, already validated and loaded (files
@@ -22,10 +24,10 @@ type Config struct {
 	// UDSMode is the file mode of the socket (default 0660); it may give
 	// other users nothing (CheckSocketMode).
 	UDSMode os.FileMode
-
-	// FrontendAddr is host:port of the TCP frontend (gRPC and HTTP CONNECT over
 	// UDSGroup, when set, is the socket's group: a name or a numeric gid.
 	UDSGroup string
+
+	// FrontendAddr is host:port of the TCP frontend (gRPC and HTTP CONNECT over
 	// TLS). Empty disables it. FrontendTLS must then be set.
 	FrontendAddr string
 	FrontendTLS  *tls.Config
@@ -47,6 +49,24 @@ type Config struct {
 	// ProxyTLS, when set, makes the proxy speak HTTPS; with ClientCAs and
 	// RequireAndVerifyClientCert it authenticates its clients.
 	ProxyTLS *tls.Config
+	// ProxyToken, when set, is the bearer token proxy clients must send in
+	// Proxy-Authorization (--proxy-token-file).
+	ProxyToken string
+	// ProxyLimits bound the proxy's request heads and idle connections;
+	// zero fields take httpproxy's defaults.
+	ProxyLimits httpproxy.Limits
+
+	// Limits against abuse, each refusal counted in
+	// edge_tunnel_server_refusals_total; 0 means unlimited.
+	//
+	// MaxPendingDialsPerAgent bounds dials waiting for one agent's answer.
+	MaxPendingDialsPerAgent int
+	// MaxPendingDialsPerStream bounds dials waiting on one ProxyService
+	// stream of a frontend client.
+	MaxPendingDialsPerStream int
+	// MaxConnectionsPerClient bounds the connections one remote address
+	// holds open on the TCP frontend.
+	MaxConnectionsPerClient int
 
 	// HealthAddr serves /healthz, /livez, /readyz and /metrics. Empty disables it.
 	HealthAddr string
@@ -71,6 +91,9 @@ type Config struct {
 	// DirectDial lets the server dial hosts that no agent serves itself
 	// (cloud-side destinations such as webhooks and aggregated APIs).
 	DirectDial bool
+	// DirectDialAllow limits direct dials to these ranges and names
+	// (--direct-dial-allow); nil allows every destination.
+	DirectDialAllow *router.Allow
 	// ShutdownGrace is how long open tunnels may finish once Run's context
 	// ends (default 10 s).
 	ShutdownGrace time.Duration

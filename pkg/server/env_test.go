@@ -46,6 +46,9 @@ type envOptions struct {
 	// agentIdentity is --agent-identity=certificate; nil accepts every
 	// claim, so that tests can run agents for any node with one certificate.
 	agentIdentity *agentauth.Binder
+	// configure, when set, changes the server's Config before it starts
+	// (limits, the HTTP proxy).
+	configure func(*server.Config)
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -104,13 +107,17 @@ func (e *env) replica(t testing.TB, id string) *env {
 func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
 	t.Helper()
 	e.uds = filepath.Join(e.dir, id+".sock")
-	var err error
-	e.srv, err = server.New(server.Config{
+	cfg := server.Config{
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: e.srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS, ServerID: id, ServerCount: max(1, e.opts.serverCount),
 		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: e.opts.directDial, ConnStreams: e.opts.connStreams,
 		Registry: reg, Ports: testPorts, PortsFile: e.opts.portsFile, AgentIdentity: e.opts.agentIdentity,
-	})
+	}
+	if e.opts.configure != nil {
+		e.opts.configure(&cfg)
+	}
+	var err error
+	e.srv, err = server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,6 +98,9 @@ func New(cfg Config) (*Server, error) {
 		addrs:    map[string]net.Addr{},
 	}
 	s.router = router.New(s.agents, cfg.DirectDial)
+	if cfg.DirectDialAllow != nil {
+		s.router.SetDirectAllow(cfg.DirectDialAllow, m.Refusals.WithLabelValues(metrics.RefusedDirectDial).Inc)
+	}
 	if cfg.PortsFile != "" && cfg.PortsKube != nil {
 		return nil, errTwoPortSources
 	}
@@ -187,7 +190,8 @@ func (s *Server) Run(ctx context.Context) error {
 	var proxy *httpproxy.Proxy
 	if proxyLn != nil {
 		proxy, err = httpproxy.New(httpproxy.Options{Dialer: s, Policy: s.proxyPolicy, DialTimeout: s.cfg.DialTimeout,
-			Name: "edge-tunnel-server", TLS: s.cfg.ProxyTLS, Log: s.log.WithName("http-proxy")})
+			Name: "edge-tunnel-server", TLS: s.cfg.ProxyTLS, Log: s.log.WithName("http-proxy"),
+			Token: s.cfg.ProxyToken, Limits: s.cfg.ProxyLimits, Refused: s.countRefusal})
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("setting up the HTTP proxy: %w", err)
@@ -196,7 +200,10 @@ func (s *Server) Run(ctx context.Context) error {
 	connect := frontend.NewConnect(s, s.cfg.DialTimeout, s.log.WithName("connect"))
 	mux := frontend.NewMux(connect, s.log.WithName("frontend"))
 	feGRPC := grpc.NewServer(frontendServerOptions()...)
-	frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc")).Register(feGRPC)
+	feProxy := frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc"))
+	feProxy.MaxPendingDials = s.cfg.MaxPendingDialsPerStream
+	feProxy.Refused = s.m.Refusals.WithLabelValues(metrics.RefusedClientPendingDials).Inc
+	feProxy.Register(feGRPC)
 	agentGRPC := grpc.NewServer(s.agentServerOptions()...)
 	serverCount, runLeases, err := s.serverCount()
 	if err != nil {
@@ -204,7 +211,8 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	svc := &agentService{serverID: s.cfg.ServerID, serverCount: serverCount, liveCount: runLeases != nil, connStreams: s.cfg.ConnStreams,
-		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
+		maxPending: s.cfg.MaxPendingDialsPerAgent,
+		identity:   s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
 	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
 	agentpb.RegisterConnServiceServer(agentGRPC, svc)
 
@@ -215,7 +223,9 @@ func (s *Server) Run(ctx context.Context) error {
 		goServe(func() { mux.Serve(udsLn, nil) })
 	}
 	if feLn != nil {
-		goServe(func() { mux.Serve(feLn, frontendTLS(s.cfg.FrontendTLS)) })
+		limited := frontend.LimitListener(feLn, s.cfg.MaxConnectionsPerClient,
+			s.m.Refusals.WithLabelValues(metrics.RefusedClientConnections).Inc, s.log.WithName("frontend"))
+		goServe(func() { mux.Serve(limited, frontendTLS(s.cfg.FrontendTLS)) })
 	}
 	goServe(func() { agentGRPC.Serve(agentLn) })
 	if proxy != nil {
@@ -351,7 +361,7 @@ func frontendServerOptions() []grpc.ServerOption {
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(streamWindow * 2),
 		grpc.ReadBufferSize(64 << 10),
-		grpc.WriteBufferSize(64 << 10),
+		grpc.WriteBufferSize(256 << 10),
 	}
 }
 
@@ -385,6 +395,9 @@ func frontendTLS(c *tls.Config) *tls.Config {
 	c.NextProtos = []string{"h2", "http/1.1"}
 	return c
 }
+
+// countRefusal counts a request refused by a policy or limit.
+func (s *Server) countRefusal(reason string) { s.m.Refusals.WithLabelValues(reason).Inc() }
 
 // identityMode names the --agent-identity mode for the start-up log line.
 func identityMode(b *agentauth.Binder) string { return b.Mode() }

@@ -30,6 +30,9 @@ type session struct {
 	stream      agentpb.AgentService_ConnectServer
 	log         klog.Logger
 	m           *metrics.Server
+	// maxPending bounds pending (0: no bound), so that clients cannot pile
+	// up dials at one agent faster than it answers them.
+	maxPending int
 
 	sendMu   sync.Mutex
 	draining atomic.Bool
@@ -104,6 +107,12 @@ func (s *session) addPending(pd *pendingDial) (int64, error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return 0, tunnel.Errorf(tunnel.KindUnavailable, "edge-tunnel-server: edge-tunnel-agent %s disconnected", s.id)
+	}
+	if s.maxPending > 0 && len(s.pending) >= s.maxPending {
+		s.m.Refusals.WithLabelValues(metrics.RefusedAgentPendingDials).Inc()
+		return 0, tunnel.Errorf(tunnel.KindUnavailable,
+			"edge-tunnel-server: %d dials are already waiting for edge-tunnel-agent %s to answer (--max-pending-dials-per-agent); retry later, and check why that node answers slowly",
+			s.maxPending, s.id)
 	}
 	for {
 		random := newDialID()

@@ -85,6 +85,9 @@ type Options struct {
 	ProxyKey         string
 	ProxyCACert      string
 
+	// Limits are the policies and limits against abuse (security.go).
+	Limits Limits
+
 	// TLS is the protocol floor and TLS 1.2 cipher suites of every TLS
 	// endpoint: the TCP frontend, the agent port and the HTTP proxy.
 	TLS tlsutil.Flags
@@ -136,6 +139,8 @@ func NewOptions() *Options {
 		ConnStreams:          true,
 		DialTimeout:          10 * time.Second,
 		DirectDial:           true,
+		ProxyBindAddress:     "127.0.0.1",
+		Limits:               defaultLimits(),
 		PortsConfigMap:       ports.DefaultNamespace + "/" + ports.DefaultName,
 		LeaseDuration:        leases.DefaultDuration,
 		LeaseRenewalInterval: leases.DefaultRenewInterval,
@@ -204,11 +209,13 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.MarkDeprecated("lease-gc-interval", "ignored: expired replica Leases are deleted while the Leases are counted, every --lease-renewal-interval.")
 
 	fs = fss.FlagSet("http proxy")
-	fs.StringVar(&o.ProxyBindAddress, "proxy-bind-address", o.ProxyBindAddress, "Address of the HTTP proxy. Empty means all interfaces.")
-	fs.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the HTTP proxy for components configured with HTTPS_PROXY/HTTP_PROXY or a Prometheus proxy_url: CONNECT to every forwarded port, plain requests (GET http://NODE_IP:PORT/...) to plain-HTTP ports. 0 disables it; 8099 is the suggested port. Without --proxy-ca-cert it does not authenticate its clients, so only the cloud components that need it may reach it (a ClusterIP Service and a NetworkPolicy).")
+	fs.StringVar(&o.ProxyBindAddress, "proxy-bind-address", o.ProxyBindAddress, "Address of the HTTP proxy. Loopback by default; beyond loopback (empty means all interfaces, or the pod's IP) it must authenticate its clients (--proxy-token-file or --proxy-ca-cert), or be opened explicitly with --proxy-allow-unauthenticated behind a NetworkPolicy.")
+	fs.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the HTTP proxy for components configured with HTTPS_PROXY/HTTP_PROXY or a Prometheus proxy_url: CONNECT to every forwarded port, plain requests (GET http://NODE_IP:PORT/...) to plain-HTTP ports. 0 disables it; 8099 is the suggested port. See --proxy-bind-address for who may reach it.")
 	fs.StringVar(&o.ProxyCert, "proxy-cert", o.ProxyCert, "Certificate of the HTTP proxy (PEM). With --proxy-key, the proxy speaks HTTPS; empty means plain HTTP.")
 	fs.StringVar(&o.ProxyKey, "proxy-key", o.ProxyKey, "Private key of --proxy-cert (PEM).")
 	fs.StringVar(&o.ProxyCACert, "proxy-ca-cert", o.ProxyCACert, "CA bundle that verifies client certificates on the HTTP proxy; when set, clients without a certificate from it are refused. Needs --proxy-cert and --proxy-key.")
+
+	o.addLimitFlags(&fss)
 
 	o.TLS.AddFlags(fss.FlagSet("TLS"), "every TLS endpoint of the server (the TCP frontend, the agent port, the HTTP proxy with --proxy-cert)")
 
@@ -273,6 +280,7 @@ func (o *Options) Validate() []error {
 		}
 	}
 	errs = append(errs, o.TLS.Validate()...)
+	errs = append(errs, o.validateLimits()...)
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
 	}
@@ -325,6 +333,9 @@ func (o *Options) Warnings() []string {
 	if !token && (o.AuthenticationAudience != "" || o.AgentNamespace != "" || o.AgentServiceAccount != "") {
 		ws = append(ws, fmt.Sprintf("--authentication-audience/--agent-namespace/--agent-service-account are set but unused because --agent-identity=%s does not check ServiceAccount tokens", o.agentIdentity()))
 	}
+	if o.UDSName == "" && o.UDSGroup != "" {
+		ws = append(ws, "--uds-group is set but unused because --uds-name is empty (no UNIX socket)")
+	}
 	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
 		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
 	}
@@ -333,14 +344,12 @@ func (o *Options) Warnings() []string {
 	}
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")
-	if o.UDSName == "" && o.UDSGroup != "" {
-		ws = append(ws, "--uds-group is set but unused because --uds-name is empty (no UNIX socket)")
-	}
 	}
 	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none && !o.EnableLeases {
 		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty, --agent-identity is none and --enable-lease-controller is off (the API is only used to watch the port policy, to look up Node addresses and for the replica Leases)")
 	}
 	ws = append(ws, o.TLS.Warnings()...)
+	ws = append(ws, o.limitWarnings()...)
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
 	}
@@ -354,24 +363,24 @@ func (o *Options) Config() (server.Config, error) {
 	if err != nil {
 		return server.Config{}, fmt.Errorf("--uds-mode %q: %w", o.UDSMode, err)
 	}
+	if o.UDSName != "" && o.UDSGroup != "" {
+		if _, err := server.LookupGroup(o.UDSGroup); err != nil {
+			return server.Config{}, fmt.Errorf("--uds-group=%q: %w", o.UDSGroup, err)
+		}
+	}
 	cfg := server.Config{
 		UDSName:       o.UDSName,
 		UDSMode:       mode,
+		UDSGroup:      o.UDSGroup,
 		AgentAddr:     cli.JoinHostPort(o.AgentBindAddress, o.AgentPort),
 		HealthAddr:    cli.JoinHostPort(o.HealthBindAddress, o.HealthPort),
 		AdminAddr:     cli.JoinHostPort(o.AdminBindAddress, o.AdminPort),
 		ServerID:      o.serverID(),
 		ServerCount:   o.ServerCount,
 		KeepaliveTime: o.KeepaliveTime,
-	if o.UDSName != "" && o.UDSGroup != "" {
-		if _, err := server.LookupGroup(o.UDSGroup); err != nil {
-			return server.Config{}, fmt.Errorf("--uds-group=%q: %w", o.UDSGroup, err)
-		}
-	}
 		DialTimeout:   o.DialTimeout,
 		DirectDial:    o.DirectDial,
 		ConnStreams:   o.ConnStreams,
-		UDSGroup:      o.UDSGroup,
 		PortsFile:     o.PortsConfig,
 	}
 	if o.ServerPort != 0 {
@@ -407,6 +416,9 @@ func (o *Options) Config() (server.Config, error) {
 		// Agents with a token need no certificate; one that is presented
 		// must still be from --cluster-ca-cert.
 		optionalClientCert(cfg.AgentTLS)
+	}
+	if err := o.limitConfig(&cfg); err != nil {
+		return server.Config{}, err
 	}
 	hardening, err := o.TLS.Hardening()
 	if err != nil {
@@ -603,8 +615,8 @@ func parseMode(s string) (os.FileMode, error) {
 	if m > 0o777 {
 		return 0, fmt.Errorf("only permission bits (at most 0777) are allowed")
 	}
-	return os.FileMode(m), nil
-}
 	if err := server.CheckSocketMode(os.FileMode(m)); err != nil {
 		return 0, err
 	}
+	return os.FileMode(m), nil
+}

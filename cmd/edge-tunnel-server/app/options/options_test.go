@@ -33,7 +33,7 @@ func TestDefaults(t *testing.T) {
 		"HealthPort":        o.HealthPort == 8092,
 		"AdminBindAddress":  o.AdminBindAddress == "127.0.0.1",
 		"AdminPort":         o.AdminPort == 8095,
-		"ProxyBindAddress":  o.ProxyBindAddress == "",
+		"ProxyBindAddress":  o.ProxyBindAddress == "127.0.0.1",
 		"ProxyPort":         o.ProxyPort == 0,
 		"ServerID":          o.ServerID == "",
 		"ServerCount":       o.ServerCount == 1,
@@ -56,7 +56,7 @@ func TestDefaults(t *testing.T) {
 func TestFlagSectionsAndNames(t *testing.T) {
 	o := NewOptions()
 	fss := o.Flags()
-	wantOrder := []string{"frontend", "agent connections", "dialing", "replica leases", "http proxy", "TLS", "health and admin", "logging"}
+	wantOrder := []string{"frontend", "agent connections", "dialing", "replica leases", "http proxy", "limits", "TLS", "health and admin", "logging"}
 	if strings.Join(fss.Order, ",") != strings.Join(wantOrder, ",") {
 		t.Errorf("sections = %q, want %q", fss.Order, wantOrder)
 	}
@@ -71,6 +71,9 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
 		"authentication-audience", "agent-namespace", "agent-service-account",
 		"tls-min-version", "tls-cipher-suites",
+		"direct-dial-allow", "proxy-token-file", "proxy-allow-unauthenticated", "proxy-max-header-bytes",
+		"proxy-read-header-timeout", "proxy-idle-timeout",
+		"max-pending-dials-per-agent", "max-pending-dials-per-stream", "max-connections-per-client",
 	} {
 		found := false
 		for _, fs := range fss.FlagSets {
