@@ -64,13 +64,18 @@ func TestSocketDirWithPodPrivileges(t *testing.T) {
 	bin := filepath.Join(base, "edge-tunnel-server")
 	copyFile(t, self, bin, 0o755)
 	pki := clitest.WritePKI(t, "server")
-	filepath.Walk(pki.Dir, func(p string, _ os.FileInfo, err error) error {
+	err = filepath.Walk(pki.Dir, func(p string, _ os.FileInfo, err error) error {
 		if err == nil {
 			err = os.Lchown(p, nonroot, nonroot)
 		}
 		return err
 	})
-	os.Chmod(filepath.Dir(pki.Dir), 0o755)
+	if err != nil {
+		t.Fatalf("giving the PKI to 65532: %v", err)
+	}
+	if err := os.Chmod(filepath.Dir(pki.Dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	dir := filepath.Join(base, "konnectivity-server") // as the kubelet makes it
 	if err := os.Mkdir(dir, 0o755); err != nil {
