@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
@@ -56,6 +57,11 @@ func (d *dialer) resolve(address string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bad address %q: want host:port", address)
 	}
+	// A number only: the dialer would look a service name up ("ssh"),
+	// and the server's port policy speaks numbers.
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+		return "", fmt.Errorf("bad port %q in address %q: want a number 1-65535", port, address)
+	}
 	key := identity.NormalizeHost(host)
 	if ip, err := netip.ParseAddr(key); err == nil {
 		if d.any || d.allows(ip) {
@@ -82,6 +88,9 @@ func (d *dialer) allows(ip netip.Addr) bool {
 	return false
 }
 
+// dial opens a TCP connection to a resolved address: TCP only, whatever
+// the request said, so no UNIX socket or other network of the node is ever
+// reachable through the agent.
 func (d *dialer) dial(ctx context.Context, address string) (net.Conn, error) {
 	return d.net.DialContext(ctx, "tcp", address)
 }
