@@ -339,8 +339,8 @@ func (o *Options) Warnings() []string {
 	if o.ServerPort == 0 && (o.ServerCert != "" || o.ServerKey != "" || o.ServerCACert != "") {
 		ws = append(ws, "--server-cert/--server-key/--server-ca-cert are set but unused because --server-port=0")
 	}
-	if o.ProxyPort != 0 && o.ProxyCACert == "" {
-		ws = append(ws, fmt.Sprintf("the HTTP proxy on port %d does not authenticate its clients (no --proxy-ca-cert): anyone who reaches it reaches every forwarded edge-node port; make it reachable only from the components that need it (a ClusterIP Service and a NetworkPolicy)", o.ProxyPort))
+	if o.ProxyPort != 0 && !isLoopback(o.ProxyBindAddress) && o.ProxyCACert == "" && o.Limits.ProxyTokenFile == "" {
+		ws = append(ws, fmt.Sprintf("the HTTP proxy on port %d listens beyond loopback without authenticating its clients (--proxy-allow-unauthenticated): anyone who reaches it reaches every forwarded edge-node port; keep a NetworkPolicy that admits only the components that need it", o.ProxyPort))
 	}
 	if o.ProxyPort == 0 && (o.ProxyCert != "" || o.ProxyKey != "" || o.ProxyCACert != "") {
 		ws = append(ws, "--proxy-cert/--proxy-key/--proxy-ca-cert are set but unused because --proxy-port=0")

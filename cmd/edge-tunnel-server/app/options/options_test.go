@@ -165,7 +165,12 @@ func TestWarnings(t *testing.T) {
 		t.Errorf("unexpected warnings: %q", ws)
 	}
 	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-port=8099")
-	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "HTTP proxy on port 8099 does not authenticate its clients") {
+	if ws := o.Warnings(); len(ws) != 0 {
+		t.Errorf("a proxy on loopback warned: %q", ws)
+	}
+	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-port=8099",
+		"--proxy-bind-address=", "--proxy-allow-unauthenticated")
+	if got := strings.Join(o.Warnings(), "\n"); !strings.Contains(got, "HTTP proxy on port 8099 listens beyond loopback without authenticating its clients") {
 		t.Errorf("warnings lack the unauthenticated proxy:\n%s", got)
 	}
 	o, _ = parse(t, "--uds-name=/s", "--server-port=0", "--cluster-cert=c", "--cluster-key=k", "--cluster-ca-cert=ca", "--proxy-cert=c")
