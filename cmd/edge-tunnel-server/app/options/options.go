@@ -91,6 +91,9 @@ type Options struct {
 	// TLS is the protocol floor and TLS 1.2 cipher suites of every TLS
 	// endpoint: the TCP frontend, the agent port and the HTTP proxy.
 	TLS tlsutil.Flags
+	// upstreamCipherSuites is --cipher-suites, konnectivity-server's name
+	// for --tls-cipher-suites.
+	upstreamCipherSuites []string
 
 	// Replica Leases: each replica renews one in LeaseNamespace, and the
 	// count of live ones is the serverCount agents are told.
@@ -217,7 +220,9 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 
 	o.addLimitFlags(&fss)
 
-	o.TLS.AddFlags(fss.FlagSet("TLS"), "every TLS endpoint of the server (the TCP frontend, the agent port, the HTTP proxy with --proxy-cert)")
+	fs = fss.FlagSet("TLS")
+	o.TLS.AddFlags(fs, "every TLS endpoint of the server (the TCP frontend, the agent port, the HTTP proxy with --proxy-cert)")
+	fs.StringSliceVar(&o.upstreamCipherSuites, "cipher-suites", nil, "Upstream konnectivity-server's name for --tls-cipher-suites, with the same meaning; give one of the two.")
 
 	fs = fss.FlagSet("health and admin")
 	fs.StringVar(&o.HealthBindAddress, "health-bind-address", o.HealthBindAddress, "Address of the health endpoint (/healthz, /livez, /readyz, /metrics). Empty means all interfaces.")
@@ -279,7 +284,11 @@ func (o *Options) Validate() []error {
 			add("--agent-identity=%s checks agents' ServiceAccount tokens, so it needs --authentication-audience (the audience of the agents' projected tokens, e.g. edge-tunnel), --agent-namespace and --agent-service-account (whose tokens are accepted)", o.agentIdentity())
 		}
 	}
-	errs = append(errs, o.TLS.Validate()...)
+	if len(o.upstreamCipherSuites) > 0 && len(o.TLS.CipherSuites) > 0 {
+		add("--cipher-suites and --tls-cipher-suites are the same list under two names (upstream's and kube-apiserver's); give one")
+	}
+	tlsFlags := o.tlsFlags()
+	errs = append(errs, tlsFlags.Validate()...)
 	errs = append(errs, o.validateLimits()...)
 	if o.ClusterCert == "" || o.ClusterKey == "" {
 		add("the agent port needs --cluster-cert and --cluster-key (the certificate agents verify with their --ca-cert)")
@@ -348,7 +357,8 @@ func (o *Options) Warnings() []string {
 	if o.Kubeconfig != "" && o.PortsConfigMap == "" && none && !o.EnableLeases {
 		ws = append(ws, "--kubeconfig is set but unused because --ports-configmap is empty, --agent-identity is none and --enable-lease-controller is off (the API is only used to watch the port policy, to look up Node addresses and for the replica Leases)")
 	}
-	ws = append(ws, o.TLS.Warnings()...)
+	tlsFlags := o.tlsFlags()
+	ws = append(ws, tlsFlags.Warnings()...)
 	ws = append(ws, o.limitWarnings()...)
 	if m := o.deprecated.mode; m != "" && m != "grpc" && m != "http-connect" {
 		ws = append(ws, fmt.Sprintf("--mode=%q is not a mode upstream knew either (grpc or http-connect); it is ignored all the same", m))
@@ -420,7 +430,8 @@ func (o *Options) Config() (server.Config, error) {
 	if err := o.limitConfig(&cfg); err != nil {
 		return server.Config{}, err
 	}
-	hardening, err := o.TLS.Hardening()
+	tlsFlags := o.tlsFlags()
+	hardening, err := tlsFlags.Hardening()
 	if err != nil {
 		return server.Config{}, err
 	}
@@ -601,6 +612,16 @@ func (o *Options) serverID() string {
 		return h
 	}
 	return uuid.NewString()
+}
+
+// tlsFlags are --tls-min-version and --tls-cipher-suites, the latter
+// taken from --cipher-suites when only upstream's name was given.
+func (o *Options) tlsFlags() tlsutil.Flags {
+	f := o.TLS
+	if len(f.CipherSuites) == 0 {
+		f.CipherSuites = o.upstreamCipherSuites
+	}
+	return f
 }
 
 // parseMode reads an octal file mode such as "0660" or "660".

@@ -70,7 +70,7 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"v", "vmodule", "logging-format",
 		"mode", "proxy-strategies", "enable-profiling", "enable-contention-profiling", "delete-existing-uds-file",
 		"authentication-audience", "agent-namespace", "agent-service-account",
-		"tls-min-version", "tls-cipher-suites",
+		"tls-min-version", "tls-cipher-suites", "cipher-suites",
 		"direct-dial-allow", "proxy-token-file", "proxy-allow-unauthenticated", "proxy-max-header-bytes",
 		"proxy-read-header-timeout", "proxy-idle-timeout",
 		"max-pending-dials-per-agent", "max-pending-dials-per-stream", "max-connections-per-client",

@@ -26,6 +26,21 @@ func TestTLSFlagsValidate(t *testing.T) {
 	if ws := o.Warnings(); !containsText(ws, "--tls-cipher-suites is set but unused because --tls-min-version=VersionTLS13") {
 		t.Errorf("warnings %q do not say that the suites are unused with TLS 1.3", ws)
 	}
+
+	// Upstream konnectivity-server's --cipher-suites is the same list.
+	o, _ = parse(t, append(base, "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_RC4_128_SHA")...)
+	clitest.WantErrors(t, o.Validate(), []string{"--tls-cipher-suites: TLS_RSA_WITH_RC4_128_SHA is insecure"})
+	o, _ = parse(t, append(base, "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")...)
+	clitest.WantErrors(t, o.Validate(), nil)
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.AgentTLS.CipherSuites; len(got) != 1 || got[0] != tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 {
+		t.Errorf("--cipher-suites: agent port suites %v, want the one listed", got)
+	}
+	o, _ = parse(t, append(base, "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "--tls-cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")...)
+	clitest.WantErrors(t, o.Validate(), []string{"--cipher-suites and --tls-cipher-suites are the same list under two names"})
 }
 
 // TestTLSHardeningOnEveryListener runs a server built from the flags and
