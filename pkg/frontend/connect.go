@@ -14,7 +14,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
-// maxHeadBytes bounds a CONNECT request head.
+// maxHeadBytes is the default of Mux.MaxHeadBytes.
 const maxHeadBytes = 16 << 10
 
 // Connect serves HTTP CONNECT the way kube-apiserver's egress selector
@@ -53,7 +53,7 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, established func())
 	lim.off()
 	if err != nil {
 		if lim.exceeded {
-			WriteStatus(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("edge-tunnel-server: request head larger than %d bytes", maxHeadBytes))
+			WriteStatus(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("edge-tunnel-server: request head larger than %d bytes", lim.max))
 			return
 		}
 		WriteStatus(c, http.StatusBadRequest, "edge-tunnel-server: malformed HTTP request: "+err.Error())
@@ -119,12 +119,15 @@ func WriteStatus(w io.Writer, code int, reason string) {
 // while it is on. It is turned off once the request head has been parsed.
 type headLimit struct {
 	r        io.Reader
+	max      int
 	n        int
 	on       bool
 	exceeded bool
 }
 
-func newHeadLimit(r io.Reader) *headLimit { return &headLimit{r: r, n: maxHeadBytes, on: true} }
+func newHeadLimit(r io.Reader, max int) *headLimit {
+	return &headLimit{r: r, max: max, n: max, on: true}
+}
 
 func (l *headLimit) off() { l.on = false }
 
@@ -134,7 +137,7 @@ func (l *headLimit) Read(p []byte) (int, error) {
 	}
 	if l.n <= 0 {
 		l.exceeded = true
-		return 0, fmt.Errorf("request head larger than %d bytes", maxHeadBytes)
+		return 0, fmt.Errorf("request head larger than %d bytes", l.max)
 	}
 	if len(p) > l.n {
 		p = p[:l.n]

@@ -23,9 +23,7 @@ type Dialer interface {
 	Dial(ctx context.Context, frontend, address string) (io.ReadWriteCloser, error)
 }
 
-// handshakeTimeout bounds the TLS handshake and the first bytes (or the
-// CONNECT head) of a new connection, so idle or slow clients cannot hold
-// accept-side resources.
+// handshakeTimeout is the default of Mux.HandshakeTimeout.
 const handshakeTimeout = 10 * time.Second
 
 // http2Preface is what every HTTP/2 (and so gRPC) client sends first.
@@ -37,6 +35,14 @@ type Mux struct {
 	grpc    *chanListener
 	connect *Connect
 	log     klog.Logger
+
+	// HandshakeTimeout bounds the TLS handshake and the first bytes (or
+	// the CONNECT head) of a new connection, so idle or slow clients cannot
+	// hold accept-side resources; 0 means 10 s. MaxHeadBytes bounds a
+	// CONNECT request head (431 beyond it); 0 means 16 KiB. Set them
+	// before Serve.
+	HandshakeTimeout time.Duration
+	MaxHeadBytes     int
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // accepted, not yet handed over
@@ -98,7 +104,7 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 	m.track(raw, true)
 	defer m.track(raw, false)
 	c := raw
-	raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	raw.SetDeadline(time.Now().Add(m.handshakeTimeout()))
 	if tlsConfig != nil {
 		tc := tls.Server(raw, tlsConfig)
 		if err := tc.Handshake(); err != nil {
@@ -113,7 +119,7 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 			return
 		}
 	}
-	lim := newHeadLimit(c)
+	lim := newHeadLimit(c, m.maxHeadBytes())
 	br := bufio.NewReaderSize(lim, 4096)
 	head, err := br.Peek(1)
 	if err == nil && head[0] == http2Preface[0] {
@@ -133,8 +139,22 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 		m.grpc.deliver(pc)
 		return
 	}
-	raw.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	raw.SetReadDeadline(time.Now().Add(m.handshakeTimeout()))
 	m.connect.serveConn(pc, lim, func() { m.track(raw, false) })
+}
+
+func (m *Mux) handshakeTimeout() time.Duration {
+	if m.HandshakeTimeout > 0 {
+		return m.HandshakeTimeout
+	}
+	return handshakeTimeout
+}
+
+func (m *Mux) maxHeadBytes() int {
+	if m.MaxHeadBytes > 0 {
+		return m.MaxHeadBytes
+	}
+	return maxHeadBytes
 }
 
 // bufferedConn is a net.Conn whose reads first drain a bufio.Reader that

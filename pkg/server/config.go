@@ -67,6 +67,11 @@ type Config struct {
 	// MaxConnectionsPerClient bounds the connections one remote address
 	// holds open on the TCP frontend.
 	MaxConnectionsPerClient int
+	// FrontendReadHeaderTimeout bounds a frontend connection's TLS
+	// handshake and first bytes or CONNECT head; FrontendMaxHeadBytes a
+	// CONNECT request head. Zero takes the defaults (10 s, 16 KiB).
+	FrontendReadHeaderTimeout time.Duration
+	FrontendMaxHeadBytes      int
 
 	// HealthAddr serves /healthz, /livez, /readyz and /metrics. Empty disables it.
 	HealthAddr string

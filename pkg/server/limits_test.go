@@ -207,3 +207,42 @@ func TestProxyToken(t *testing.T) {
 		t.Errorf("refusals counted: %v, want 1", v)
 	}
 }
+
+func TestFrontendHeadLimits(t *testing.T) {
+	e := newEnv(t, envOptions{directDial: true, configure: func(c *server.Config) {
+		c.FrontendMaxHeadBytes = 1024
+		c.FrontendReadHeaderTimeout = 300 * time.Millisecond
+	}})
+	// A head over the configured size (far below the 16 KiB default).
+	c, err := net.Dial("unix", e.uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := connectOver(t, c, "127.0.0.1:1", "X-Big: "+strings.Repeat("a", 2048)+"\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(resp.Status, "larger than 1024 bytes") {
+		t.Errorf("CONNECT head over --frontend-max-header-bytes: %s, want 431 naming 1024 bytes", resp.Status)
+	}
+	// A client that never finishes its head is closed after the configured
+	// time, on the socket and on the TCP frontend (in the TLS handshake).
+	for _, network := range []string{"unix", "tcp"} {
+		addr := e.uds
+		if network == "tcp" {
+			addr = e.srv.Addr("frontend").String()
+		}
+		c, err := net.Dial(network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if network == "unix" {
+			io.WriteString(c, "CONNECT 127.0.0.1:1 HTTP/1.1\r\n")
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		io.ReadAll(c)
+		c.Close()
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("%s: a stalled client was held for %s; want it closed after 300ms", network, d)
+		}
+	}
+}

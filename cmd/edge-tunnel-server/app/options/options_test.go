@@ -74,6 +74,7 @@ func TestFlagSectionsAndNames(t *testing.T) {
 		"direct-dial-allow", "proxy-token-file", "proxy-allow-unauthenticated", "proxy-max-header-bytes",
 		"proxy-read-header-timeout", "proxy-idle-timeout",
 		"max-pending-dials-per-agent", "max-pending-dials-per-stream", "max-connections-per-client",
+		"frontend-max-header-bytes", "frontend-read-header-timeout",
 	} {
 		found := false
 		for _, fs := range fss.FlagSets {

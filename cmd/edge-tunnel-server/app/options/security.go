@@ -29,6 +29,9 @@ type Limits struct {
 	MaxPendingDialsPerAgent  int
 	MaxPendingDialsPerStream int
 	MaxConnectionsPerClient  int
+
+	FrontendMaxHeaderBytes    int
+	FrontendReadHeaderTimeout time.Duration
 }
 
 func defaultLimits() Limits {
@@ -40,6 +43,9 @@ func defaultLimits() Limits {
 		MaxPendingDialsPerAgent:  256,
 		MaxPendingDialsPerStream: 64,
 		MaxConnectionsPerClient:  10000,
+
+		FrontendMaxHeaderBytes:    16 << 10,
+		FrontendReadHeaderTimeout: 10 * time.Second,
 	}
 }
 
@@ -58,6 +64,8 @@ func (o *Options) addLimitFlags(fss *cliflag.NamedFlagSets) {
 	fs = fss.FlagSet("limits")
 	fs.IntVar(&l.MaxPendingDialsPerAgent, "max-pending-dials-per-agent", l.MaxPendingDialsPerAgent, "Dials that may wait for one agent's answer at once; more are refused at once (503) and counted. Protects the server's memory and the agent's link from a burst of dials to one node. 0 means no limit.")
 	fs.IntVar(&l.MaxPendingDialsPerStream, "max-pending-dials-per-stream", l.MaxPendingDialsPerStream, "Dials that may wait for an answer on one gRPC ProxyService stream; more are refused with a DIAL_RSP error and counted. kube-apiserver dials once per stream. 0 means no limit.")
+	fs.IntVar(&l.FrontendMaxHeaderBytes, "frontend-max-header-bytes", l.FrontendMaxHeaderBytes, "Largest HTTP CONNECT request head the frontends (UNIX socket and TCP) read; larger ones get 431.")
+	fs.DurationVar(&l.FrontendReadHeaderTimeout, "frontend-read-header-timeout", l.FrontendReadHeaderTimeout, "How long a new frontend connection may take for its TLS handshake and its first bytes (the HTTP/2 preface, or the whole CONNECT request head) before it is closed.")
 	fs.IntVar(&l.MaxConnectionsPerClient, "max-connections-per-client", l.MaxConnectionsPerClient, "Connections one client address may hold open on the TCP frontend (--server-port); more are closed at accept and counted. kube-apiserver holds one per open tunnel (each kubectl logs -f or exec). The UNIX socket is not limited: only local users the socket's mode admits reach it. 0 means no limit.")
 }
 
@@ -75,6 +83,7 @@ func (o *Options) validateLimits() []error {
 		v    int
 	}{
 		{"--proxy-max-header-bytes", l.ProxyMaxHeaderBytes},
+		{"--frontend-max-header-bytes", l.FrontendMaxHeaderBytes},
 		{"--max-pending-dials-per-agent", l.MaxPendingDialsPerAgent},
 		{"--max-pending-dials-per-stream", l.MaxPendingDialsPerStream},
 		{"--max-connections-per-client", l.MaxConnectionsPerClient},
@@ -86,12 +95,16 @@ func (o *Options) validateLimits() []error {
 	if l.ProxyMaxHeaderBytes > 0 && l.ProxyMaxHeaderBytes < 1024 {
 		add("--proxy-max-header-bytes=%d: too small for any proxy request; give at least 1024 (default %d)", l.ProxyMaxHeaderBytes, httpproxy.MaxHeaderBytes)
 	}
+	if l.FrontendMaxHeaderBytes > 0 && l.FrontendMaxHeaderBytes < 1024 {
+		add("--frontend-max-header-bytes=%d: too small for a CONNECT request; give at least 1024 (default 16384)", l.FrontendMaxHeaderBytes)
+	}
 	for _, c := range []struct {
 		flag string
 		v    time.Duration
 	}{
 		{"--proxy-read-header-timeout", l.ProxyReadHeaderTimeout},
 		{"--proxy-idle-timeout", l.ProxyIdleTimeout},
+		{"--frontend-read-header-timeout", l.FrontendReadHeaderTimeout},
 	} {
 		if c.v <= 0 {
 			add("%s=%v: must be positive", c.flag, c.v)
@@ -150,6 +163,8 @@ func (o *Options) limitConfig(cfg *server.Config) error {
 	cfg.MaxPendingDialsPerAgent = l.MaxPendingDialsPerAgent
 	cfg.MaxPendingDialsPerStream = l.MaxPendingDialsPerStream
 	cfg.MaxConnectionsPerClient = l.MaxConnectionsPerClient
+	cfg.FrontendMaxHeadBytes = l.FrontendMaxHeaderBytes
+	cfg.FrontendReadHeaderTimeout = l.FrontendReadHeaderTimeout
 	return nil
 }
 

@@ -46,6 +46,8 @@ func TestValidateLimits(t *testing.T) {
 			[]string{"--max-pending-dials-per-agent=-1: must not be negative", "--max-pending-dials-per-stream=-1", "--max-connections-per-client=-1"}},
 		{"unlimited", []string{"--max-pending-dials-per-agent=0", "--max-pending-dials-per-stream=0", "--max-connections-per-client=0"}, nil},
 		{"tiny header limit", []string{"--proxy-max-header-bytes=100"}, []string{"--proxy-max-header-bytes=100: too small"}},
+		{"tiny CONNECT head limit", []string{"--frontend-max-header-bytes=10"}, []string{"--frontend-max-header-bytes=10: too small"}},
+		{"no frontend header time", []string{"--frontend-read-header-timeout=0s"}, []string{"--frontend-read-header-timeout=0s: must be positive"}},
 		{"proxy timeouts", []string{"--proxy-read-header-timeout=0s", "--proxy-idle-timeout=-1s"}, []string{"--proxy-read-header-timeout=0s: must be positive", "--proxy-idle-timeout=-1s: must be positive"}},
 	}
 	for _, tc := range cases {
@@ -82,7 +84,7 @@ func TestLimitConfig(t *testing.T) {
 		"--proxy-port=8099", "--proxy-bind-address=0.0.0.0", "--proxy-token-file="+tokenFile,
 		"--proxy-max-header-bytes=4096", "--proxy-read-header-timeout=3s", "--proxy-idle-timeout=30s",
 		"--max-pending-dials-per-agent=7", "--max-pending-dials-per-stream=8", "--max-connections-per-client=9",
-		"--direct-dial-allow=10.96.0.0/12,.svc")
+		"--direct-dial-allow=10.96.0.0/12,.svc", "--frontend-max-header-bytes=2048", "--frontend-read-header-timeout=4s")
 	if errs := o.Validate(); len(errs) != 0 {
 		t.Fatal(errors.Join(errs...))
 	}
@@ -92,7 +94,7 @@ func TestLimitConfig(t *testing.T) {
 	}
 	if cfg.ProxyToken != "abc123" || cfg.ProxyLimits.MaxHeaderBytes != 4096 || cfg.ProxyLimits.ReadHeaderTimeout != 3*time.Second ||
 		cfg.ProxyLimits.IdleTimeout != 30*time.Second || cfg.MaxPendingDialsPerAgent != 7 || cfg.MaxPendingDialsPerStream != 8 ||
-		cfg.MaxConnectionsPerClient != 9 || cfg.DirectDialAllow == nil || cfg.DirectDialAllow.String() != "10.96.0.0/12,.svc" {
+		cfg.MaxConnectionsPerClient != 9 || cfg.FrontendMaxHeadBytes != 2048 || cfg.FrontendReadHeaderTimeout != 4*time.Second || cfg.DirectDialAllow == nil || cfg.DirectDialAllow.String() != "10.96.0.0/12,.svc" {
 		t.Errorf("config from the limit flags: token %q, proxy %+v, pending %d/%d, conns %d, allow %v",
 			cfg.ProxyToken, cfg.ProxyLimits, cfg.MaxPendingDialsPerAgent, cfg.MaxPendingDialsPerStream, cfg.MaxConnectionsPerClient, cfg.DirectDialAllow)
 	}
