@@ -108,7 +108,8 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 	c.Net = harness.NewEdgeNetwork(t, NetworkPrefix, subnet)
 	hostAddr := c.Net.HostAddr.String()
 	c.tunnelPKI = harness.NewPKI(t, hostAddr)
-	serverOpts := harness.ServerOptions{AgentBindAddress: hostAddr, Ports: opts.Ports, ExtraArgs: opts.ServerArgs, HTTPProxy: opts.HTTPProxy}
+	serverOpts := harness.ServerOptions{AgentBindAddress: hostAddr, Ports: opts.Ports,
+		ExtraArgs: append([]string{c.directDialAllow()}, opts.ServerArgs...), HTTPProxy: opts.HTTPProxy}
 	if opts.PortsFromAPI {
 		// The kubeconfig stays valid across the cluster's kube-apiservers;
 		// until one runs, the server keeps the default port policy.
@@ -270,4 +271,13 @@ spec:
   "containerStatuses":[{"name":"app","ready":true,"started":true,"restartCount":0,"image":"registry.invalid/edge-tunnel-e2e/app:1","imageID":"","state":{"running":{"startedAt":"%s"}}}]}}`,
 			n.Addr, n.Addr, now, now, now))
 	}
+}
+
+// directDialAllow is the server's --direct-dial-allow for this cluster: its
+// cloud side is loopback and the host's end of the edge network, where
+// metrics-server serves; kube-apiserver's cluster egress reaches it by the
+// server's direct dials. The edge network's own TEST-NET range is outside
+// the default (private ranges), which is how a real server is told.
+func (c *Cluster) directDialAllow() string {
+	return "--direct-dial-allow=127.0.0.0/8," + c.Net.HostAddr.String()
 }

@@ -13,7 +13,8 @@ import (
 func (c *Cluster) StartReplica(t testing.TB, id string, args ...string) *harness.Server {
 	t.Helper()
 	return harness.StartServer(t, c.bins, c.tunnelPKI, harness.ServerOptions{
-		ID: id, AgentBindAddress: c.Net.HostAddr.String(), Kubeconfig: c.Kubeconfig, ExtraArgs: args,
+		ID: id, AgentBindAddress: c.Net.HostAddr.String(), Kubeconfig: c.Kubeconfig,
+		ExtraArgs: append([]string{c.directDialAllow()}, args...),
 	})
 }
 
