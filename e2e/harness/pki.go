@@ -31,7 +31,11 @@ type PKI struct {
 	ClusterServerKey  string
 
 	frontendCA *pki.CA
-	clusterCA  *pki.CA
+	clusterCA  *pki.CA // signs what is issued from now on
+	// trustedClusterCAs are the CAs in the ClusterCA file: more than one
+	// during a rotation (RotateClusterCA until RetireOldClusterCAs).
+	trustedClusterCAs []*pki.CA
+	agentPortHosts    []string
 }
 
 // NewPKI makes both CAs and the fixed certificates. The agent port's
@@ -40,7 +44,7 @@ type PKI struct {
 func NewPKI(t testing.TB, agentPortHosts ...string) *PKI {
 	t.Helper()
 	dir := t.TempDir()
-	p := &PKI{Dir: dir}
+	p := &PKI{Dir: dir, agentPortHosts: agentPortHosts}
 	var err error
 	if p.frontendCA, err = pki.NewCA("edge-tunnel-e2e-frontend-ca"); err != nil {
 		t.Fatalf("frontend CA: %v", err)
@@ -48,7 +52,7 @@ func NewPKI(t testing.TB, agentPortHosts ...string) *PKI {
 	if p.clusterCA, err = pki.NewCA("edge-tunnel-e2e-cluster-ca"); err != nil {
 		t.Fatalf("cluster CA: %v", err)
 	}
-	loopback := []string{"127.0.0.1", "localhost", "::1"}
+	loopback := loopbackHosts
 	issue := func(ca *pki.CA, cn string, hosts []string, usage string) pki.Pair {
 		pair, err := ca.Issue(cn, hosts, usage)
 		if err != nil {
@@ -77,7 +81,88 @@ func NewPKI(t testing.TB, agentPortHosts ...string) *PKI {
 	p.ClusterCA = filepath.Join(clusterDir, "ca.crt")
 	p.ClusterServerCert = filepath.Join(clusterDir, "server.crt")
 	p.ClusterServerKey = filepath.Join(clusterDir, "server.key")
+	p.trustedClusterCAs = []*pki.CA{p.clusterCA}
 	return p
+}
+
+var loopbackHosts = []string{"127.0.0.1", "localhost", "::1"}
+
+// ReissueServerCerts replaces both server certificates, the TCP frontend's
+// and the agent port's, with new ones for the same hosts under commonName,
+// signed by the current frontend and cluster CAs. Each file is replaced
+// atomically, as cert-manager or a Secret volume update does, so a process
+// reloading them sees the old pair or the new one, never half a file.
+func (p *PKI) ReissueServerCerts(t testing.TB, commonName string) {
+	t.Helper()
+	p.reissue(t, p.frontendCA, commonName, loopbackHosts, pki.UsageServer, p.FrontendServerCert, p.FrontendServerKey)
+	p.reissue(t, p.clusterCA, commonName, append(append([]string(nil), loopbackHosts...), p.agentPortHosts...),
+		pki.UsageServer, p.ClusterServerCert, p.ClusterServerKey)
+}
+
+// RenewAgentCert replaces agent a's client certificate and key files with a
+// new certificate for the same common name and address, signed by the
+// current cluster CA.
+func (p *PKI) RenewAgentCert(t testing.TB, a *Agent) {
+	t.Helper()
+	p.reissue(t, p.clusterCA, a.CertCN, []string{a.IPv4}, pki.UsageClient, a.CertFile, a.KeyFile)
+}
+
+// RotateClusterCA starts a rotation of the cluster CA: a new CA named
+// commonName signs every cluster certificate issued from now on, and the
+// ClusterCA file (which the server and the agents both read) trusts the old
+// CA and the new one until RetireOldClusterCAs.
+func (p *PKI) RotateClusterCA(t testing.TB, commonName string) {
+	t.Helper()
+	ca, err := pki.NewCA(commonName)
+	if err != nil {
+		t.Fatalf("cluster CA %s: %v", commonName, err)
+	}
+	p.clusterCA = ca
+	p.trustedClusterCAs = append(p.trustedClusterCAs, ca)
+	p.writeClusterCAs(t)
+}
+
+// RetireOldClusterCAs ends a rotation: the ClusterCA file trusts only the
+// current cluster CA.
+func (p *PKI) RetireOldClusterCAs(t testing.TB) {
+	t.Helper()
+	p.trustedClusterCAs = []*pki.CA{p.clusterCA}
+	p.writeClusterCAs(t)
+}
+
+func (p *PKI) writeClusterCAs(t testing.TB) {
+	t.Helper()
+	var bundle []byte
+	for _, ca := range p.trustedClusterCAs {
+		bundle = append(bundle, ca.CertPEM...)
+	}
+	replaceFile(t, p.ClusterCA, bundle, 0o644)
+}
+
+func (p *PKI) reissue(t testing.TB, ca *pki.CA, commonName string, hosts []string, usage, certPath, keyPath string) {
+	t.Helper()
+	pair, err := ca.Issue(commonName, hosts, usage)
+	if err != nil {
+		t.Fatalf("issue %s: %v", commonName, err)
+	}
+	// The key first: a reader that sees the new key with the old
+	// certificate fails to load the pair and keeps the old one until the
+	// certificate lands too (what tlsutil does).
+	replaceFile(t, keyPath, pair.KeyPEM, 0o600)
+	replaceFile(t, certPath, pair.CertPEM, 0o644)
+}
+
+// replaceFile writes data to a temporary file next to path and renames it
+// over path.
+func replaceFile(t testing.TB, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		t.Fatalf("write %s: %v", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatalf("replace %s: %v", path, err)
+	}
 }
 
 // AgentCert issues a client certificate from the cluster CA with the given

@@ -232,6 +232,10 @@ type Agent struct {
 	IPv4      string
 	HealthURL string
 	AdminURL  string
+	// CertFile and KeyFile are the agent's client certificate and key
+	// (--agent-cert, --agent-key), for common name CertCN; PKI.RenewAgentCert
+	// replaces them.
+	CertFile, KeyFile, CertCN string
 }
 
 // StartAgent starts edge-tunnel-agent against s (or opts.ServerAddr) and
@@ -268,6 +272,9 @@ func StartAgent(t testing.TB, bins Binaries, p *PKI, s *Server, opts AgentOption
 		IPv4:      opts.IPv4,
 		HealthURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
 		AdminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		CertFile:  cert,
+		KeyFile:   key,
+		CertCN:    opts.CertCN,
 	}
 	args := []string{
 		"--proxy-server-host", serverHost,
