@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
@@ -39,10 +40,11 @@ func NewConnect(d Dialer, dialTimeout time.Duration, log klog.Logger) *Connect {
 func (h *Connect) Wait() { h.wg.Wait() }
 
 // serveConn handles one CONNECT connection. c.r reads through lim, which
-// still bounds the request head. established runs once the tunnel is open:
-// from then on the connection belongs to Wait, not to Mux.Close, so a
-// shutdown lets it finish within the grace period.
-func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, established func()) {
+// still bounds the request head, under a read deadline of headTimeout;
+// refused counts a head over either limit. established runs once the tunnel
+// is open: from then on the connection belongs to Wait, not to Mux.Close, so
+// a shutdown lets it finish within the grace period.
+func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, headTimeout time.Duration, refused func(reason string), established func()) {
 	h.wg.Add(1)
 	defer h.wg.Done()
 	defer c.Close()
@@ -53,7 +55,13 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, established func())
 	lim.off()
 	if err != nil {
 		if lim.exceeded {
+			refused(metrics.RefusedHeaderTooLarge)
 			WriteStatus(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("edge-tunnel-server: request head larger than %d bytes", lim.max))
+			return
+		}
+		if isTimeout(err) {
+			refused(metrics.RefusedHeaderTimeout)
+			WriteStatus(c, http.StatusRequestTimeout, fmt.Sprintf("edge-tunnel-server: request head not complete within %v", headTimeout))
 			return
 		}
 		WriteStatus(c, http.StatusBadRequest, "edge-tunnel-server: malformed HTTP request: "+err.Error())

@@ -9,12 +9,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 )
 
 // Dialer opens tunneled connections; the server implements it with its
@@ -43,6 +47,10 @@ type Mux struct {
 	// before Serve.
 	HandshakeTimeout time.Duration
 	MaxHeadBytes     int
+	// Refused, when set, counts a connection turned away by one of those
+	// two limits, by reason (metrics.RefusedHeaderTooLarge or
+	// metrics.RefusedHeaderTimeout): at most once per connection.
+	Refused func(reason string)
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // accepted, not yet handed over
@@ -108,6 +116,9 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 	if tlsConfig != nil {
 		tc := tls.Server(raw, tlsConfig)
 		if err := tc.Handshake(); err != nil {
+			if isTimeout(err) {
+				m.refused(metrics.RefusedHeaderTimeout)
+			}
 			m.log.V(2).Info("TLS handshake on the frontend failed", "remote", raw.RemoteAddr(), "err", err)
 			raw.Close()
 			return
@@ -128,6 +139,9 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 		head, err = br.Peek(len(http2Preface))
 	}
 	if err != nil && len(head) == 0 {
+		if isTimeout(err) {
+			m.refused(metrics.RefusedHeaderTimeout)
+		}
 		m.log.V(2).Info("Frontend connection closed before sending a request", "remote", raw.RemoteAddr(), "err", err)
 		c.Close()
 		return
@@ -140,8 +154,18 @@ func (m *Mux) classify(raw net.Conn, tlsConfig *tls.Config) {
 		return
 	}
 	raw.SetReadDeadline(time.Now().Add(m.handshakeTimeout()))
-	m.connect.serveConn(pc, lim, func() { m.track(raw, false) })
+	m.connect.serveConn(pc, lim, m.handshakeTimeout(), m.refused, func() { m.track(raw, false) })
 }
+
+func (m *Mux) refused(reason string) {
+	if m.Refused != nil {
+		m.Refused(reason)
+	}
+}
+
+// isTimeout reports whether err is a connection's deadline passing: the
+// client took longer than the handshake timeout, not a broken connection.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 func (m *Mux) handshakeTimeout() time.Duration {
 	if m.HandshakeTimeout > 0 {

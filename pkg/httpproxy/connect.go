@@ -56,6 +56,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		p.log.V(2).Info("Hijacking the CONNECT connection failed", "target", address, "err", err)
 		return
 	}
+	c = unwatch(c)
 	// net/http may have left its header deadlines on the connection.
 	c.SetDeadline(time.Time{})
 	client := io.ReadWriteCloser(c)

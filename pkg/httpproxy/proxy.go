@@ -119,7 +119,11 @@ type Options struct {
 	// password); others get 407.
 	Token string
 	// Refused, when set, counts requests refused by the proxy's own
-	// checks, by reason (metrics.RefusedProxyAuth).
+	// checks, by reason: metrics.RefusedProxyAuth, and
+	// metrics.RefusedHeaderTimeout for a connection closed because its
+	// request head did not arrive within Limits.ReadHeaderTimeout. A head
+	// over Limits.MaxHeaderBytes is answered 431 by net/http itself, which
+	// offers no hook to count it.
 	Refused func(reason string)
 }
 
@@ -184,6 +188,9 @@ func New(o Options) (*Proxy, error) {
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     log.New(logWriter{o.Log}, "", 0),
 	}
+	if p.refused != nil {
+		p.srv.ConnState = trackHeadState // see headtimeout.go
+	}
 	if o.TLS != nil {
 		p.tlsConfig = o.TLS.Clone()
 		p.tlsConfig.NextProtos = []string{"http/1.1"}
@@ -193,6 +200,9 @@ func New(o Options) (*Proxy, error) {
 
 // Serve accepts on ln until Shutdown. It returns nil after Shutdown.
 func (p *Proxy) Serve(ln net.Listener) error {
+	if p.refused != nil {
+		ln = headWatchListener{Listener: ln, refused: p.refused}
+	}
 	if p.tlsConfig != nil {
 		ln = tls.NewListener(ln, p.tlsConfig)
 	}

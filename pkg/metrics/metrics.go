@@ -39,6 +39,8 @@ const (
 	RefusedClientPendingDials = "client_pending_dials"
 	RefusedClientConnections  = "client_connections"
 	RefusedProxyAuth          = "proxy_unauthenticated"
+	RefusedHeaderTooLarge     = "header_too_large"
+	RefusedHeaderTimeout      = "header_timeout"
 
 	DirectionToAgent    = "to_agent"
 	DirectionFromAgent  = "from_agent"
@@ -54,7 +56,8 @@ var (
 	modes            = []string{ModeConnStreams, ModeSingleStream}
 	serverDirections = []string{DirectionToAgent, DirectionFromAgent}
 	agentDirections  = []string{DirectionToServer, DirectionFromServer}
-	refusalReasons   = []string{RefusedDirectDial, RefusedAgentPendingDials, RefusedClientPendingDials, RefusedClientConnections, RefusedProxyAuth}
+	refusalReasons   = []string{RefusedDirectDial, RefusedAgentPendingDials, RefusedClientPendingDials, RefusedClientConnections, RefusedProxyAuth,
+		RefusedHeaderTooLarge, RefusedHeaderTimeout}
 )
 
 // dialBuckets spans a loopback dial (about half a millisecond) to the longest

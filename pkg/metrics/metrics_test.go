@@ -38,7 +38,7 @@ func TestServerNames(t *testing.T) {
 		"edge_tunnel_server_bytes_total":                      2,
 		"edge_tunnel_server_stalled_connections_closed_total": 1,
 		"edge_tunnel_server_bad_packets_total":                1,
-		"edge_tunnel_server_refusals_total":                   5,
+		"edge_tunnel_server_refusals_total":                   7,
 		"edge_tunnel_server_ports_config_generation":          1,
 		"edge_tunnel_server_ports_config_warnings_total":      1,
 		"edge_tunnel_server_ports_config_source_up":           1,

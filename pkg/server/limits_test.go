@@ -3,9 +3,12 @@ package server_test
 import (
 	"bufio"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/httpproxy"
+	"github.com/edge-tunnel/edge-tunnel/pkg/pki"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 	"github.com/edge-tunnel/edge-tunnel/pkg/server"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
 )
 
 const refusals = "edge_tunnel_server_refusals_total"
@@ -209,7 +215,8 @@ func TestProxyToken(t *testing.T) {
 }
 
 func TestFrontendHeadLimits(t *testing.T) {
-	e := newEnv(t, envOptions{directDial: true, configure: func(c *server.Config) {
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, envOptions{directDial: true, registry: reg, configure: func(c *server.Config) {
 		c.FrontendMaxHeadBytes = 1024
 		c.FrontendReadHeaderTimeout = 300 * time.Millisecond
 	}})
@@ -223,26 +230,153 @@ func TestFrontendHeadLimits(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(resp.Status, "larger than 1024 bytes") {
 		t.Errorf("CONNECT head over --frontend-max-header-bytes: %s, want 431 naming 1024 bytes", resp.Status)
 	}
+	if v := metricValue(t, reg, refusals, "reason", "header_too_large"); v != 1 {
+		t.Errorf("refusals counted for a head too large: %v, want 1", v)
+	}
 	// A client that never finishes its head is closed after the configured
-	// time, on the socket and on the TCP frontend (in the TLS handshake).
-	for _, network := range []string{"unix", "tcp"} {
+	// time: on the socket before its first byte and in the middle of its
+	// CONNECT head (told so with a 408), and on the TCP frontend in the TLS
+	// handshake. Each is counted once.
+	stalls := []struct {
+		name, network, send, answer string
+	}{
+		{"socket, nothing sent", "unix", "", ""},
+		{"socket, half a head", "unix", "CONNECT 127.0.0.1:1 HTTP/1.1\r\n", "HTTP/1.1 408 Request Timeout: edge-tunnel-server: request head not complete within 300ms"},
+		{"TCP, no TLS handshake", "tcp", "", ""},
+	}
+	for _, s := range stalls {
 		addr := e.uds
-		if network == "tcp" {
+		if s.network == "tcp" {
 			addr = e.srv.Addr("frontend").String()
 		}
-		c, err := net.Dial(network, addr)
+		c, err := net.Dial(s.network, addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if network == "unix" {
-			io.WriteString(c, "CONNECT 127.0.0.1:1 HTTP/1.1\r\n")
-		}
+		io.WriteString(c, s.send)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		start := time.Now()
-		io.ReadAll(c)
+		got, _ := io.ReadAll(c)
 		c.Close()
 		if d := time.Since(start); d > 3*time.Second {
-			t.Errorf("%s: a stalled client was held for %s; want it closed after 300ms", network, d)
+			t.Errorf("%s: a stalled client was held for %s; want it closed after 300ms", s.name, d)
+		}
+		if first, _, _ := strings.Cut(string(got), "\r\n"); first != s.answer {
+			t.Errorf("%s: answered %q, want %q", s.name, first, s.answer)
 		}
 	}
+	if v := metricValue(t, reg, refusals, "reason", "header_timeout"); v != float64(len(stalls)) {
+		t.Errorf("refusals counted for stalled heads: %v, want %d", v, len(stalls))
+	}
+	if v := metricValue(t, reg, refusals, "reason", "header_too_large"); v != 1 {
+		t.Errorf("refusals counted for a head too large after the stalls: %v, want still 1", v)
+	}
+}
+
+// TestProxyHeadTimeouts checks that the HTTP proxy, plain and with TLS,
+// counts the connections net/http closes for a request head not received
+// within --proxy-read-header-timeout, and only those: a kept-alive
+// connection closed by --proxy-idle-timeout without a byte of a next
+// request is not a refusal.
+func TestProxyHeadTimeouts(t *testing.T) {
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	t.Cleanup(target.Close)
+	get := "GET " + target.URL + "/ HTTP/1.1\r\nHost: " + strings.TrimPrefix(target.URL, "http://") + "\r\n"
+	cases := []struct {
+		name      string
+		handshake bool   // complete the TLS handshake (with TLS)
+		keepAlive bool   // one whole request and its answer first
+		send      string // then this, and nothing more
+		counted   bool
+	}{
+		{"new connection, nothing sent", false, false, "", true},
+		{"new connection, half a head", true, false, get, true},
+		{"kept-alive connection, idle", true, true, "", false},
+		{"kept-alive connection, half the next head", true, true, get, true},
+	}
+	for _, withTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", withTLS), func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			var serverTLS, clientTLS *tls.Config
+			if withTLS {
+				serverTLS, clientTLS = proxyTLS(t)
+			}
+			e := newEnv(t, envOptions{directDial: true, registry: reg, configure: func(c *server.Config) {
+				c.ProxyAddr = "127.0.0.1:0"
+				c.ProxyTLS = serverTLS
+				c.ProxyLimits = httpproxy.Limits{ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
+			}})
+			want := 0.0
+			for _, tc := range cases {
+				c, err := net.Dial("tcp", e.srv.Addr("proxy").String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if withTLS && tc.handshake {
+					tconn := tls.Client(c, clientTLS)
+					if err := tconn.Handshake(); err != nil {
+						t.Fatalf("TLS handshake with the proxy: %v", err)
+					}
+					c = tconn
+				}
+				br := bufio.NewReader(c)
+				if tc.keepAlive {
+					io.WriteString(c, get+"\r\n")
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatalf("%s: first request: %v", tc.name, err)
+					}
+					body, _ := io.ReadAll(resp.Body)
+					if resp.StatusCode != http.StatusOK || string(body) != "ok" {
+						t.Fatalf("%s: first request answered %s %q", tc.name, resp.Status, body)
+					}
+				}
+				io.WriteString(c, tc.send)
+				start := time.Now()
+				rest, _ := io.ReadAll(br)
+				c.Close()
+				if d := time.Since(start); d > 3*time.Second {
+					t.Errorf("%s: held for %s; want it closed after 300ms", tc.name, d)
+				}
+				if len(rest) != 0 {
+					t.Errorf("%s: answered %q; net/http closes without an answer", tc.name, rest)
+				}
+				if tc.counted {
+					want++
+				}
+				// The count happens in the read that fails, before
+				// net/http closes: no wait is needed.
+				if v := metricValue(t, reg, refusals, "reason", "header_timeout"); v != want {
+					t.Errorf("%s: header_timeout refusals %v, want %v", tc.name, v, want)
+				}
+			}
+		})
+	}
+}
+
+// proxyTLS returns a server config for the HTTP proxy (no client
+// certificates) and a client config that trusts it.
+func proxyTLS(t *testing.T) (serverCfg, clientCfg *tls.Config) {
+	t.Helper()
+	ca, err := pki.NewCA("edge-tunnel-proxy-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue("proxy", []string{"127.0.0.1"}, pki.UsageServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := pki.WriteFiles(dir, ca, map[string]pki.Pair{"proxy": pair}); err != nil {
+		t.Fatal(err)
+	}
+	f := func(n string) string { return filepath.Join(dir, n) }
+	if serverCfg, err = tlsutil.ServerConfig(f("proxy.crt"), f("proxy.key"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if clientCfg, err = tlsutil.ClientConfig(f("ca.crt"), "", "", "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	return serverCfg, clientCfg
 }

@@ -200,6 +200,7 @@ func (s *Server) Run(ctx context.Context) error {
 	connect := frontend.NewConnect(s, s.cfg.DialTimeout, s.log.WithName("connect"))
 	mux := frontend.NewMux(connect, s.log.WithName("frontend"))
 	mux.HandshakeTimeout, mux.MaxHeadBytes = s.cfg.FrontendReadHeaderTimeout, s.cfg.FrontendMaxHeadBytes
+	mux.Refused = s.countRefusal
 	feGRPC := grpc.NewServer(frontendServerOptions()...)
 	feProxy := frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc"))
 	feProxy.MaxPendingDials = s.cfg.MaxPendingDialsPerStream
