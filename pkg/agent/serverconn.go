@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -169,8 +170,6 @@ func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *cl
 		return
 	}
 	m.Dials.WithLabelValues("ok").Inc()
-	m.OpenConns.Inc()
-	defer m.OpenConns.Dec()
 
 	var up io.ReadWriteCloser
 	if sc.connStreams {
@@ -183,6 +182,22 @@ func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *cl
 		sc.log.V(2).Info("Could not open the connection stream; closing the target connection", "address", r.Address, "err", err)
 		return
 	}
+	// The connection gets a goroutine of its own and this one, whose stack
+	// grew while dialing and opening the stream, ends: a tunnel idles for
+	// hours, and a stack that grew only as far as copying needs is what it
+	// then costs.
+	sc.wg.Add(1)
+	sc.a.open.Add(1)
+	go sc.carry(conn, up)
+}
+
+// carry copies between the target and the server until either ends.
+func (sc *serverConn) carry(conn net.Conn, up io.ReadWriteCloser) {
+	defer sc.wg.Done()
+	defer sc.a.open.Add(-1)
+	m := sc.a.m
+	m.OpenConns.Inc()
+	defer m.OpenConns.Dec()
 	toServer, fromServer, _ := tunnel.Splice(conn, up)
 	m.Bytes.WithLabelValues("to_server").Add(float64(toServer))
 	m.Bytes.WithLabelValues("from_server").Add(float64(fromServer))

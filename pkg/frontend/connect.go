@@ -47,7 +47,12 @@ func (h *Connect) Wait() { h.wg.Wait() }
 func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, headTimeout time.Duration, refused func(reason string), established func()) {
 	h.wg.Add(1)
 	defer h.wg.Done()
-	defer c.Close()
+	tunneling := false
+	defer func() {
+		if !tunneling {
+			c.Close()
+		}
+	}()
 
 	// ReadRequest consumes exactly the head from c.r; any tunnel data the
 	// client sent early stays buffered there.
@@ -86,7 +91,15 @@ func (h *Connect) serveConn(c *bufferedConn, lim *headLimit, headTimeout time.Du
 		return
 	}
 	established()
-	tunnel.Splice(c, backend)
+	// The tunnel gets a goroutine of its own and this one, whose stack grew
+	// while parsing and dialing, ends: a tunnel idles for hours, and a stack
+	// that grew only as far as copying needs is what it then costs.
+	tunneling = true
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		tunnel.Splice(c, backend)
+	}()
 }
 
 // StatusFor maps a dial failure to the status upstream konnectivity uses for
