@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
+	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
 // Dialer opens tunneled connections; the server implements it with its
@@ -188,6 +189,15 @@ func (m *Mux) maxHeadBytes() int {
 type bufferedConn struct {
 	net.Conn
 	r *bufio.Reader // nil once drained; used by one reader at a time
+}
+
+// WaitReadable lets the tunnel wait for the client's next bytes without
+// holding a buffer (tunnel.ReadWaiter).
+func (c *bufferedConn) WaitReadable() bool {
+	if c.r != nil && c.r.Buffered() > 0 {
+		return true
+	}
+	return tunnel.WaitReadable(c.Conn) // false for TLS, whose own buffer may hold bytes
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) {

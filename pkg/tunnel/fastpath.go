@@ -115,6 +115,8 @@ type countReader struct {
 	fn func(int64)
 }
 
+func (c *countReader) WaitReadable() bool { return WaitReadable(c.r) }
+
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	if n > 0 {

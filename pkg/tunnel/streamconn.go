@@ -207,13 +207,17 @@ func (c *StreamConn) WriteChunksTo(w io.Writer) (int64, error) {
 
 // ReadChunksFrom sends what r yields until r ends (io.EOF is not an error).
 // Each read lands in a buffer of GRPCBufferPool that gRPC then sends and
-// frees: no copy between the read and the transport. Reads start small, so
-// an idle connection blocks holding little memory, and follow the traffic
-// (nextSize).
+// frees: no copy between the read and the transport. Reads start small and
+// follow the traffic (nextSize); a quiet socket is waited on without any
+// buffer (WaitReadable), so an idle connection holds none.
 func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
 	var total int64
 	size := smallSize
 	for {
+		if size == smallSize {
+			// Quiet: wait for bytes before taking a buffer for them.
+			WaitReadable(r)
+		}
 		bp := GRPCBufferPool.Get(size)
 		n, rerr := r.Read(*bp)
 		if n > 0 {
