@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
   export PATH="$PATH:/usr/local/go/bin"
 fi
-exec go run ./hack/bench -count "${COUNT:-3}" -benchtime "${BENCHTIME:-3x}" -dials "${DIALS:-2000}" -memory="${MEMORY:-true}"
+exec go run ./hack/bench -count "${COUNT:-5}" -benchtime "${BENCHTIME:-3x}" -dials "${DIALS:-2000}" -memory="${MEMORY:-true}"
