@@ -81,7 +81,8 @@ func pattern(n int) []byte {
 	return b
 }
 
-func chunks(t *testing.T, wire [][]byte) []byte {
+// chunks decodes the sent Chunks, none larger than max, and joins them.
+func chunks(t *testing.T, wire [][]byte, max int) []byte {
 	t.Helper()
 	var all []byte
 	for _, w := range wire {
@@ -89,8 +90,8 @@ func chunks(t *testing.T, wire [][]byte) []byte {
 		if err := proto.Unmarshal(w, &c); err != nil {
 			t.Fatalf("a sent message is not a protobuf Chunk: %v", err)
 		}
-		if len(c.Data) > ChunkSize {
-			t.Fatalf("a Chunk of %d bytes, more than ChunkSize", len(c.Data))
+		if len(c.Data) > max {
+			t.Fatalf("a Chunk of %d bytes, more than %d", len(c.Data), max)
 		}
 		all = append(all, c.Data...)
 	}
@@ -106,7 +107,7 @@ func TestReadChunksFromSendsProtobufChunks(t *testing.T) {
 	if err != nil || n != int64(len(want)) {
 		t.Fatalf("ReadChunksFrom = %d, %v; want %d, nil", n, err, len(want))
 	}
-	if got := chunks(t, s.sent); !bytes.Equal(got, want) {
+	if got := chunks(t, s.sent, ChunkSize); !bytes.Equal(got, want) {
 		t.Fatalf("the chunks carry %d bytes that differ from the %d read", len(got), len(want))
 	}
 }
@@ -115,7 +116,7 @@ func TestReadChunksFromSendsProtobufChunks(t *testing.T) {
 // buffers, goes on as Chunks; every buffer is freed exactly once, however
 // the payload was cut into frames.
 func TestSendBuffersForwardsWithoutLeaks(t *testing.T) {
-	for _, size := range []int{1, 100, ChunkSize - 1, ChunkSize, ChunkSize + 1, 2*ChunkSize + 5000} {
+	for _, size := range []int{1, 100, ChunkSize, maxForward - 1, maxForward, maxForward + 1, 2*maxForward + 5000} {
 		for _, frame := range []int{1000, 16384, 50000} {
 			pool := &countingPool{}
 			payload := pattern(size)
@@ -130,7 +131,7 @@ func TestSendBuffersForwardsWithoutLeaks(t *testing.T) {
 			if err := rp.WriteData(NewStreamConn(out, func() {})); err != nil {
 				t.Fatal(err)
 			}
-			if got := chunks(t, out.sent); !bytes.Equal(got, payload) {
+			if got := chunks(t, out.sent, maxForward); !bytes.Equal(got, payload) {
 				t.Fatalf("size %d frames %d: forwarded %d bytes that differ", size, frame, len(got))
 			}
 			if n := pool.out.Load(); n != 0 {

@@ -239,12 +239,18 @@ func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// SendBuffers sends bufs, which hold n bytes, as Chunks of at most
-// ChunkSize without copying them. It owns bufs from the call on.
+// maxForward bounds one Chunk that SendBuffers passes on. A client's DATA
+// packet goes on whole up to this size (cutting a 256 KiB write at
+// ChunkSize would leave a few bytes for a message of their own); larger
+// ones are cut, well below gRPC's default 4 MiB receive limit.
+const maxForward = 4 * ChunkSize
+
+// SendBuffers sends bufs as Chunks of at most maxForward bytes without
+// copying them. It owns bufs from the call on.
 func (c *StreamConn) SendBuffers(bufs mem.BufferSlice) error {
 	for len(bufs) > 0 {
 		var part mem.BufferSlice
-		part, bufs = splitAt(bufs, ChunkSize)
+		part, bufs = splitAt(bufs, maxForward)
 		if err := c.sendPayload(part, part.Len()); err != nil {
 			bufs.Free()
 			return err
