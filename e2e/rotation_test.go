@@ -87,7 +87,7 @@ func TestCertificateRotation(t *testing.T) {
 	if _, err := harness.Connect(fresh, echo.Addr); err != nil {
 		t.Fatalf("new tunnel through the TCP frontend after the rotation: %v", err)
 	}
-	if err := echoThrough(fresh, 64<<10); err != nil {
+	if err := harness.CheckEcho(fresh, 64<<10); err != nil {
 		t.Fatalf("new tunnel through the TCP frontend after the rotation: %v", err)
 	}
 
@@ -136,7 +136,7 @@ func TestCertificateRotation(t *testing.T) {
 		if _, err := harness.Connect(c, echo.Addr); err != nil {
 			return err
 		}
-		return echoThrough(c, 4096)
+		return harness.CheckEcho(c, 4096)
 	})
 }
 
@@ -240,7 +240,7 @@ func startEchoLoop(t *testing.T, name string, c net.Conn, target string) *echoLo
 		defer l.wg.Done()
 		for {
 			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if err := echoThrough(c, 1024); err != nil {
+			if err := harness.CheckEcho(c, 1024); err != nil {
 				l.err = err
 				return
 			}

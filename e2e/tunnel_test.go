@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -219,25 +218,6 @@ func connectVia(t *testing.T, e *env, via string) net.Conn {
 	return c
 }
 
-// echoThrough writes size pattern bytes and reads them back.
-func echoThrough(c net.Conn, size int) error {
-	want := make([]byte, size)
-	harness.FillPattern(want, 0)
-	werr := make(chan error, 1)
-	go func() { _, err := c.Write(want); werr <- err }()
-	got := make([]byte, size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !bytes.Equal(got, want) {
-		return errors.New("echo differs from what was sent")
-	}
-	return nil
-}
-
 // TestHTTPConnect tunnels through the HTTP CONNECT frontend on the unix
 // socket and on TCP with mutual TLS, with kube-apiserver's exact request and
 // its checks on the response.
@@ -253,7 +233,7 @@ func TestHTTPConnect(t *testing.T) {
 				if err != nil {
 					t.Fatalf("CONNECT: %v (status %d, %d bytes buffered)", err, res.Status, res.Buffered)
 				}
-				if err := echoThrough(c, mib); err != nil {
+				if err := harness.CheckEcho(c, mib); err != nil {
 					t.Fatal(err)
 				}
 			})

@@ -2,9 +2,7 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -235,25 +233,6 @@ func (p proc) fetch(b *testing.B, path, file string) {
 // perUnit is (after - before) / n.
 func perUnit(before, after int64, n int) float64 { return float64(after-before) / float64(n) }
 
-// echoCheck writes size bytes and reads them back.
-func echoCheck(c net.Conn, size int) error {
-	out := make([]byte, size)
-	for i := range out {
-		out[i] = byte(i)
-	}
-	if _, err := c.Write(out); err != nil {
-		return fmt.Errorf("write %d bytes: %w", size, err)
-	}
-	in := make([]byte, size)
-	if _, err := io.ReadFull(c, in); err != nil {
-		return fmt.Errorf("read the %d-byte echo: %w", size, err)
-	}
-	if !bytes.Equal(in, out) {
-		return errors.New("the echo differs from what was sent")
-	}
-	return nil
-}
-
 // openTunnel opens a connection to addr through HTTP CONNECT over the
 // server's unix socket, as kube-apiserver's egress selector does, and
 // echoes size bytes through it so that it is established end to end.
@@ -269,7 +248,7 @@ func openTunnel(ctx context.Context, srv *harness.Server, addr string, size int)
 		c.Close()
 		return nil, err
 	}
-	if err := echoCheck(c, size); err != nil {
+	if err := harness.CheckEcho(c, size); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("through the tunnel to %s: %w", addr, err)
 	}

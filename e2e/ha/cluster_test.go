@@ -1,12 +1,10 @@
 package ha_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -208,25 +206,6 @@ func connect(c net.Conn, addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// echo sends size pattern bytes through c and checks that they come back.
-func echo(c net.Conn, size int) error {
-	want := make([]byte, size)
-	harness.FillPattern(want, 0)
-	werr := make(chan error, 1)
-	go func() { _, err := c.Write(want); werr <- err }()
-	got := make([]byte, size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read the echo: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !bytes.Equal(got, want) {
-		return errors.New("the echo differs from what was sent")
-	}
-	return nil
-}
-
 // echoVia opens a tunnel to n's echo server through replica s, checks an
 // echo and closes it.
 func echoVia(s *harness.Server, n *node) error {
@@ -237,7 +216,7 @@ func echoVia(s *harness.Server, n *node) error {
 		return err
 	}
 	defer c.Close()
-	return echo(c, 16<<10)
+	return harness.CheckEcho(c, 16<<10)
 }
 
 // isHang reports whether err is a deadline: the operation hung instead of
@@ -272,7 +251,7 @@ func echoBounded(c net.Conn, size int, timeout time.Duration) error {
 	_ = c.SetDeadline(time.Now().Add(timeout)) // where supported
 	var hung atomic.Bool
 	watchdog := time.AfterFunc(timeout, func() { hung.Store(true); c.Close() })
-	err := echo(c, size)
+	err := harness.CheckEcho(c, size)
 	watchdog.Stop()
 	if hung.Load() {
 		return fmt.Errorf("%w: no echo within %s (%v)", errHang, timeout, err)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 )
 
 // threeNodes starts agents edge-1..3 on 127.0.0.11..13 and waits until each
@@ -57,7 +59,7 @@ func TestEveryAgentOnEveryServer(t *testing.T) {
 			t.Errorf("through haproxy to %s: %v", n.addr(), err)
 			continue
 		}
-		if err := echo(conn, 16<<10); err != nil {
+		if err := harness.CheckEcho(conn, 16<<10); err != nil {
 			t.Errorf("through haproxy to %s: %v", n.addr(), err)
 		}
 		conn.Close()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	konn "sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/client"
@@ -84,7 +85,7 @@ func loadOnce(c *cluster, mode, addr string) error {
 		mu.Lock()
 		conn = cn
 		mu.Unlock()
-		err = echo(cn, 16<<10)
+		err = harness.CheckEcho(cn, 16<<10)
 		cn.Close()
 		result <- err
 	}()

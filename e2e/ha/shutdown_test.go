@@ -81,7 +81,7 @@ func TestServerGracefulShutdown(t *testing.T) {
 			conn, err := tunnelViaLB(ctx, c.lb, c.clientTLS, n.addr())
 			cancel()
 			if err == nil {
-				err = echo(conn, 4<<10)
+				err = harness.CheckEcho(conn, 4<<10)
 				conn.Close()
 			}
 			if err != nil {

@@ -30,6 +30,27 @@ func FillPattern(b []byte, offset int64) {
 	}
 }
 
+// CheckEcho writes size pattern bytes through c to an echo target and checks
+// that the same bytes come back. The write runs beside the read, so an echo
+// larger than the socket buffers cannot deadlock.
+func CheckEcho(c net.Conn, size int) error {
+	want := make([]byte, size)
+	FillPattern(want, 0)
+	werr := make(chan error, 1)
+	go func() { _, err := c.Write(want); werr <- err }()
+	got := make([]byte, size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("read the %d-byte echo: %w", size, err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write %d bytes: %w", size, err)
+	}
+	if !bytes.Equal(got, want) {
+		return errors.New("the echo differs from what was sent")
+	}
+	return nil
+}
+
 // target is a loopback listener whose accepted connections are tracked so
 // cleanup can close them all.
 type target struct {

@@ -17,6 +17,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/edge-tunnel/edge-tunnel/internal/dialrecord"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
@@ -94,7 +95,7 @@ func FuzzConnectRequest(f *testing.F) {
 		if resp.Proto != "HTTP/1.1" {
 			t.Fatalf("answer in %s, want HTTP/1.1", resp.Proto)
 		}
-		dials := d.dials()
+		dials := d.Dials()
 		if resp.StatusCode != http.StatusOK {
 			// WriteStatus: "CODE TEXT: REASON", and the reason as the body.
 			_, reason, _ := strings.Cut(resp.Status, ": ")
@@ -135,7 +136,7 @@ func FuzzConnectRequest(f *testing.F) {
 				t.Fatalf("CONNECT answered %q, want exactly %q", answer, head)
 			}
 			early := input[len(input)-br.Buffered():]
-			if got := d.received(t); !bytes.Equal(got, early) {
+			if got := d.Received(t, promptly); !bytes.Equal(got, early) {
 				t.Fatalf("the client sent %q after its head, the target received %q", early, got)
 			}
 		}
@@ -175,48 +176,15 @@ func refusal(address string) string {
 // targets that contain "refuse" as the port policy would, and connects the
 // others to a target that records what it receives.
 type recordingDialer struct {
-	addrs chan string
-	got   chan []byte
+	*dialrecord.Recorder
 }
 
-func (d *recordingDialer) reset() {
-	d.addrs = make(chan string, 16)
-	d.got = make(chan []byte, 16)
-}
+func (d *recordingDialer) reset() { d.Recorder = dialrecord.New(16) }
 
 func (d *recordingDialer) Dial(ctx context.Context, _, address string) (io.ReadWriteCloser, error) {
-	d.addrs <- address
+	d.Dialed(address)
 	if refused(address) {
 		return nil, tunnel.Errorf(tunnel.KindForbidden, "%s", refusal(address))
 	}
-	client, target := net.Pipe()
-	go func() {
-		b, _ := io.ReadAll(target)
-		target.Close()
-		d.got <- b
-	}()
-	return client, nil
-}
-
-func (d *recordingDialer) dials() []string {
-	var out []string
-	for {
-		select {
-		case a := <-d.addrs:
-			out = append(out, a)
-		default:
-			return out
-		}
-	}
-}
-
-func (d *recordingDialer) received(t *testing.T) []byte {
-	t.Helper()
-	select {
-	case b := <-d.got:
-		return b
-	case <-time.After(promptly):
-		t.Fatalf("the target's connection was not closed within %v", promptly)
-		return nil
-	}
+	return d.Target(), nil
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edge-tunnel/edge-tunnel/internal/dialrecord"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
 )
 
@@ -70,7 +71,7 @@ func FuzzProxyRequest(f *testing.F) {
 		req, perr := http.ReadRequest(br)
 		d.reset(perr == nil && req.Method == http.MethodConnect)
 		answer := proxyExchange(t, ln.Addr().String(), input)
-		dials := d.dials()
+		dials := d.Dials()
 		defer d.remember(dials)
 		for _, a := range dials {
 			host, port, err := net.SplitHostPort(a)
@@ -120,7 +121,7 @@ func FuzzProxyRequest(f *testing.F) {
 				t.Fatalf("CONNECT answered %q, want exactly %q", answer, head)
 			}
 			early := input[len(input)-br.Buffered():]
-			if got := d.received(t); !bytes.Equal(got, early) {
+			if got := d.Received(t, promptly); !bytes.Equal(got, early) {
 				t.Fatalf("the client sent %q after its head, the target received %q", early, got)
 			}
 		case fromTarget:
@@ -172,23 +173,20 @@ func proxyExchange(t *testing.T, addr string, input []byte) []byte {
 // backend, whatever the address (the Transport keeps those connections for
 // later requests to the same address, so it remembers them).
 type fuzzDialer struct {
+	*dialrecord.Recorder
 	backend string
 	connect atomic.Bool
-	addrs   chan string
-	got     chan []byte
 	ever    map[string]bool // addresses dialed for forwarding in earlier inputs
 }
 
 func newFuzzDialer(backend string) *fuzzDialer {
-	return &fuzzDialer{backend: backend, addrs: make(chan string, 1024), got: make(chan []byte, 1024), ever: map[string]bool{}}
+	return &fuzzDialer{Recorder: dialrecord.New(1024), backend: backend, ever: map[string]bool{}}
 }
 
 // reset starts an input: connect says whether it is a CONNECT.
 func (d *fuzzDialer) reset(connect bool) {
 	d.connect.Store(connect)
-	for len(d.got) > 0 {
-		<-d.got
-	}
+	d.Drain()
 }
 
 // remember records the forwarding dials of an input.
@@ -218,7 +216,7 @@ func (d *fuzzDialer) dialedPort(dials []string, suffix string) bool {
 }
 
 func (d *fuzzDialer) Dial(ctx context.Context, _, address string) (io.ReadWriteCloser, error) {
-	d.addrs <- address
+	d.Dialed(address)
 	if !d.connect.Load() {
 		var nd net.Dialer
 		c, err := nd.DialContext(ctx, "tcp", d.backend)
@@ -227,34 +225,5 @@ func (d *fuzzDialer) Dial(ctx context.Context, _, address string) (io.ReadWriteC
 		}
 		return c, nil
 	}
-	client, target := net.Pipe()
-	go func() {
-		b, _ := io.ReadAll(target)
-		target.Close()
-		d.got <- b
-	}()
-	return client, nil
-}
-
-func (d *fuzzDialer) dials() []string {
-	var out []string
-	for {
-		select {
-		case a := <-d.addrs:
-			out = append(out, a)
-		default:
-			return out
-		}
-	}
-}
-
-func (d *fuzzDialer) received(t *testing.T) []byte {
-	t.Helper()
-	select {
-	case b := <-d.got:
-		return b
-	case <-time.After(promptly):
-		t.Fatalf("the target's connection was not closed within %v", promptly)
-		return nil
-	}
+	return d.Target(), nil
 }
