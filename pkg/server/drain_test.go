@@ -87,13 +87,21 @@ func TestDepartedAgentRefusedAtOnce(t *testing.T) {
 	go func() { a.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	target := echoServerOn(t, "127.0.0.5:0")
+	// With direct dial on, the echo target answers before the agent is
+	// connected too; a refused port says who dialed it, so wait until the
+	// refusal names the agent.
+	ln, _ := net.Listen("tcp", "127.0.0.5:0")
+	refused := ln.Addr().String()
+	ln.Close()
 	waitFor(t, "agent serving node-x", func() bool {
-		c, err := e.dialGRPC(context.Background(), target)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
+		_, err := e.dialGRPC(context.Background(), refused)
+		return err != nil && strings.Contains(err.Error(), "node-x")
 	})
+	c, err := e.dialGRPC(context.Background(), target)
+	if err != nil {
+		t.Fatalf("dial through the connected agent: %v", err)
+	}
+	c.Close()
 	cancel()
 	<-done
 	var last error
