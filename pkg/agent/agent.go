@@ -52,6 +52,9 @@ type Agent struct {
 	// how many replicas there are, so a count that went down (replicas
 	// removed) lowers the target as one that went up raises it.
 	serverCount int
+	// target is the number of replicas the agent last aimed for: the count
+	// of cfg.ServerCounter when it has one, else serverCount.
+	target int
 	// liveCount holds the serverIDs whose count follows their Leases
 	// (agentpb.FeatureLiveCount): while the agent holds every replica, it
 	// asks one of them for the count every SyncIntervalCap.
@@ -99,6 +102,7 @@ func New(cfg Config) (*Agent, error) {
 		dialer:      newDialer(cfg.Identifiers, cfg.AllowedCIDRs),
 		servers:     map[string]*serverConn{},
 		serverCount: 1,
+		target:      1,
 		liveCount:   map[string]bool{},
 		changed:     make(chan struct{}, 1),
 	}
@@ -137,7 +141,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	a.log.Info("edge-tunnel-agent starting", "server", a.cfg.ServerAddr, "identifiers", a.cfg.Identifiers.String(), "connStreams", a.cfg.ConnStreams)
+	if a.cfg.ServerCounter != nil {
+		// Counting stops with ctx: once draining, the agent dials no
+		// more servers.
+		go a.cfg.ServerCounter.Run(ctx)
+	}
+	a.log.Info("edge-tunnel-agent starting", "server", a.cfg.ServerAddr, "identifiers", a.cfg.Identifiers.String(),
+		"connStreams", a.cfg.ConnStreams, "countServerLeases", a.cfg.ServerCounter != nil)
 	backoff := a.cfg.SyncInterval
 	var lastProbe time.Time
 	for ctx.Err() == nil {
@@ -159,7 +169,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.sleep(ctx, wait)
 			continue
 		}
-		if sc := a.liveCountServer(); sc != nil && time.Since(lastProbe) >= a.cfg.SyncIntervalCap {
+		// An agent counting Leases itself needs no probes.
+		if sc := a.liveCountServer(); sc != nil && a.cfg.ServerCounter == nil && time.Since(lastProbe) >= a.cfg.SyncIntervalCap {
 			lastProbe = time.Now()
 			if err := a.probeCount(ctx, sc); err != nil {
 				sc.log.V(2).Info("Count probe failed", "err", err)
@@ -194,10 +205,33 @@ func (a *Agent) connected() int {
 	return len(a.servers)
 }
 
+// wanted is the number of server replicas to hold a connection to.
 func (a *Agent) wanted() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.serverCount
+	a.retarget("")
+	return a.target
+}
+
+// retarget updates a.target from the Lease count, else from the servers'
+// announced count, and logs a change; announcedBy names the server whose
+// announcement prompted it, if any. a.mu held.
+func (a *Agent) retarget(announcedBy string) {
+	n, source := a.serverCount, "announced"
+	if a.cfg.ServerCounter != nil {
+		if c, ok := a.cfg.ServerCounter.Count(); ok {
+			n, source = c, "leases"
+		}
+	}
+	if n == a.target {
+		return
+	}
+	kv := []any{"from", a.target, "to", n, "source", source, "connected", len(a.servers)}
+	if source == "announced" && announcedBy != "" {
+		kv = append(kv, "announcedBy", announcedBy)
+	}
+	a.log.Info("Server count changed", kv...)
+	a.target = n
 }
 
 // connectOnce opens one new gRPC connection (through the load balancer, so
@@ -305,10 +339,8 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 
 // setCount adopts count, the server count serverID announced; a.mu held.
 func (a *Agent) setCount(count int, serverID string) {
-	if count != a.serverCount {
-		a.log.Info("Server count changed", "from", a.serverCount, "to", count, "announcedBy", serverID, "connected", len(a.servers))
-	}
 	a.serverCount = count
+	a.retarget(serverID)
 }
 
 // liveCountServer returns a connected server whose count follows its

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"time"
@@ -51,6 +52,20 @@ type Config struct {
 	// agent speaks the plain upstream konnectivity protocol.
 	ConnStreams bool
 
+	// ServerCounter, when set, counts the server replicas from their
+	// Leases (--count-server-leases): the agent holds that many once it
+	// reports a count, and goes by the count the servers announce until
+	// then. Run is called with the agent's lifetime.
+	ServerCounter ServerCounter
+
 	// Registry receives the agent's metrics; nil means a private registry.
 	Registry *prometheus.Registry
+}
+
+// ServerCounter counts the server replicas; *leases.Watcher is one.
+type ServerCounter interface {
+	// Run counts until ctx ends.
+	Run(ctx context.Context)
+	// Count returns the number of replicas, and false while it knows none.
+	Count() (int, bool)
 }

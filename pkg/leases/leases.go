@@ -4,8 +4,9 @@
 //
 // Every replica renews one Lease of its own (Renewer) and counts the Leases
 // of all replicas that are still live (Counter). The server announces that
-// count to agents in its handshake; agents need no API access of their own,
-// which edge nodes usually lack.
+// count to agents in its handshake, so agents need no API access of their
+// own, which edge nodes usually lack. An agent that has it may count the
+// Leases itself instead (Watcher, edge-tunnel-agent --count-server-leases).
 //
 // A replica that stops gracefully deletes its Lease, so the others count it
 // out at their next look; one that dies stops renewing, and its Lease stops

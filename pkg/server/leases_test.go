@@ -32,32 +32,8 @@ import (
 func TestServerCountFollowsLeases(t *testing.T) {
 	e := newEnv(t, envOptions{connStreams: true})
 	api := fake.NewClientset()
-	start := func(id string) (addr string, stop func()) {
-		t.Helper()
-		srv, err := server.New(server.Config{
-			UDSName: filepath.Join(e.dir, "lease-"+id+".sock"), AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS,
-			ServerID: id, ServerCount: 1, ShutdownGrace: time.Second, ConnStreams: true, Ports: testPorts,
-			Leases: &leases.Config{Client: api, Duration: 3 * time.Second, RenewInterval: 100 * time.Millisecond},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		stop = func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("server %s: %v", id, err)
-			}
-		}
-		t.Cleanup(func() {
-			if ctx.Err() == nil {
-				stop()
-			}
-		})
-		waitFor(t, "server "+id+" listening", srv.Ready)
-		return srv.Addr("agent").String(), stop
+	start := func(id string) (string, func()) {
+		return startLeaseReplica(t, e, id, &leases.Config{Client: api, Duration: 3 * time.Second, RenewInterval: 100 * time.Millisecond})
 	}
 	s1, _ := start("s1")
 	lb := newCountingBalancer(t)
@@ -105,6 +81,96 @@ func TestServerCountFollowsLeases(t *testing.T) {
 	if n := gauge(t, reg, "edge_tunnel_agent_server_connections"); n != 2 {
 		t.Errorf("agent holds %v server connections, want 2", n)
 	}
+}
+
+// startLeaseReplica starts a server replica with ID id, keeping and
+// counting Leases with lc (nil: neither; it announces a count of 1), and
+// returns its agent address and a stop function.
+func startLeaseReplica(t *testing.T, e *env, id string, lc *leases.Config) (addr string, stop func()) {
+	t.Helper()
+	srv, err := server.New(server.Config{
+		UDSName: filepath.Join(e.dir, "lease-"+id+".sock"), AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS,
+		ServerID: id, ServerCount: 1, ShutdownGrace: time.Second, ConnStreams: true, Ports: testPorts, Leases: lc,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server %s: %v", id, err)
+		}
+	}
+	t.Cleanup(func() {
+		if ctx.Err() == nil {
+			stop()
+		}
+	})
+	waitFor(t, "server "+id+" listening", srv.Ready)
+	return srv.Addr("agent").String(), stop
+}
+
+// TestAgentCountsLeases: an agent with its own Lease watcher
+// (--count-server-leases) follows the Leases, not the servers: these
+// replicas announce a count of 1, their Leases say 3, and the agent holds
+// all three; when one replica's Lease goes, it stops looking for a third.
+func TestAgentCountsLeases(t *testing.T) {
+	e := newEnv(t, envOptions{connStreams: true})
+	api := fake.NewClientset()
+	lb := newCountingBalancer(t)
+	var addrs []string
+	renewers := map[string]context.CancelFunc{}
+	for _, id := range []string{"s1", "s2", "s3"} {
+		addr, _ := startLeaseReplica(t, e, id, nil)
+		addrs = append(addrs, addr)
+		// The replica's Lease, kept as its --enable-lease-controller would.
+		r, err := leases.NewRenewer(leases.Config{Client: api, Holder: id, Duration: 3 * time.Second, RenewInterval: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { r.Run(ctx); close(done) }()
+		renewers[id] = func() { cancel(); <-done }
+		t.Cleanup(renewers[id])
+	}
+	lb.set(addrs...)
+
+	counter, err := leases.NewWatcher(leases.WatchConfig{Client: api})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := identity.Parse("host=node-a&ipv4=127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	a, err := agent.New(agent.Config{ServerAddr: lb.addr(), TLS: e.nodeTLS(t, "system:node:node-a", "127.0.0.1"), AgentID: "node-a",
+		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true,
+		Registry: reg, ServerCounter: counter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, a.Run)
+	waitFor(t, "the agent connected to all three replicas", func() bool {
+		return gauge(t, reg, "edge_tunnel_agent_server_connections") == 3
+	})
+
+	// s3 goes: its Lease is deleted, the balancer stops offering it.
+	lb.set(addrs[:2]...)
+	renewers["s3"]()
+	waitFor(t, "the agent counting 2", func() bool { n, ok := counter.Count(); return ok && n == 2 })
+	// The agent, still holding s3's connection, is above its target and
+	// does not dial; once that connection ends it holds 2 and still does
+	// not dial (a target of 3 would make it dial every 50-300 ms).
+	waitFor(t, "the agent to stop dialing the balancer", func() bool {
+		before := lb.accepted()
+		time.Sleep(time.Second)
+		return lb.accepted() == before
+	})
 }
 
 // TestCountProbe: a count probe is answered with the handshake header

@@ -9,6 +9,7 @@
 package options
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,12 +19,16 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
+	"k8s.io/component-base/version"
+	"k8s.io/klog/v2"
 
 	"github.com/edge-tunnel/edge-tunnel/internal/cli"
 	"github.com/edge-tunnel/edge-tunnel/pkg/agent"
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
+	"github.com/edge-tunnel/edge-tunnel/pkg/leases"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tlsutil"
 )
 
@@ -56,6 +61,12 @@ type Options struct {
 	// TLS is the protocol floor and TLS 1.2 cipher suites of the
 	// connection to the server.
 	TLS tlsutil.Flags
+
+	// Counting the server replicas' Leases (--count-server-leases).
+	CountServerLeases  bool
+	LeaseNamespace     string
+	LeaseLabelSelector string
+	Kubeconfig         string
 
 	// Identity and what the agent may dial.
 	AgentID          string
@@ -90,19 +101,21 @@ type deprecatedFlags struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		ProxyServerPort:  8091,
-		SyncInterval:     time.Second,
-		SyncIntervalCap:  10 * time.Second,
-		KeepaliveTime:    15 * time.Second,
-		ConnStreams:      true,
-		DialTimeout:      5 * time.Second,
-		DrainGrace:       20 * time.Second,
-		HealthServerPort: 8093,
-		AdminBindAddress: "127.0.0.1",
-		AdminServerPort:  8094,
-		Logging:          logsapi.NewLoggingConfiguration(),
-		getenv:           os.Getenv,
-		hostname:         os.Hostname,
+		ProxyServerPort:    8091,
+		SyncInterval:       time.Second,
+		SyncIntervalCap:    10 * time.Second,
+		KeepaliveTime:      15 * time.Second,
+		ConnStreams:        true,
+		LeaseNamespace:     leases.DefaultNamespace,
+		LeaseLabelSelector: leases.Selector(),
+		DialTimeout:        5 * time.Second,
+		DrainGrace:         20 * time.Second,
+		HealthServerPort:   8093,
+		AdminBindAddress:   "127.0.0.1",
+		AdminServerPort:    8094,
+		Logging:            logsapi.NewLoggingConfiguration(),
+		getenv:             os.Getenv,
+		hostname:           os.Hostname,
 	}
 }
 
@@ -124,18 +137,18 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Use one gRPC stream per tunneled connection when the server offers it, so that a slow reader stalls only its own connection. false speaks the single-stream upstream konnectivity protocol.")
 	fs.MarkHidden("conn-streams")
 	o.TLS.AddFlags(fs, "the connection to the server")
-	fs.Bool("count-server-leases", false, "")
-	fs.MarkDeprecated("count-server-leases", "ignored: the agent needs no API access; a server with --enable-lease-controller counts the replica Leases and tells agents the count.")
-	fs.String("lease-namespace", "", "")
-	fs.MarkDeprecated("lease-namespace", "ignored: the servers count the replica Leases (their --lease-namespace), not the agent.")
-	fs.String("lease-label-selector", "", "")
-	fs.MarkDeprecated("lease-label-selector", "ignored: the servers count the replica Leases, not the agent.")
 	fs.String("server-count-source", "", "")
-	fs.MarkDeprecated("server-count-source", "ignored: the agent follows the count the servers announced last, which with --enable-lease-controller on the servers is the number of live replicas.")
+	fs.MarkDeprecated("server-count-source", "ignored: the agent follows its own Lease count with --count-server-leases, else the count the servers announced last, which with --enable-lease-controller on the servers is the number of live replicas.")
 	fs.DurationVar(&o.deprecated.probeInterval, "probe-interval", 0, "")
 	fs.MarkDeprecated("probe-interval", "ignored: dead server connections are detected by gRPC keepalive (--keepalive-time).")
 	fs.BoolVar(&o.deprecated.syncForever, "sync-forever", false, "")
 	fs.MarkDeprecated("sync-forever", "ignored: the agent always keeps checking, every --sync-interval, that it is connected to every server replica.")
+
+	fs = fss.FlagSet("server count")
+	fs.BoolVar(&o.CountServerLeases, "count-server-leases", o.CountServerLeases, "Count the server replicas' Leases (kept by servers with --enable-lease-controller) through the Kubernetes API and hold a connection to that many replicas, instead of going by the count the servers announce (which, with --enable-lease-controller, is the same number counted by the servers: the default needs no API access on the edge). Needs API access (--kubeconfig, or the pod's ServiceAccount token) with list and watch on leases in --lease-namespace: one watch per agent. Until the first listing, and while none of the Leases is live, the servers' count is used.")
+	fs.StringVar(&o.LeaseNamespace, "lease-namespace", o.LeaseNamespace, "Namespace of the server replicas' Leases (the servers' --lease-namespace), with --count-server-leases.")
+	fs.StringVar(&o.LeaseLabelSelector, "lease-label-selector", o.LeaseLabelSelector, "Label selector of the server replicas' Leases, with --count-server-leases.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file for the Kubernetes API, with --count-server-leases. Empty means the pod's in-cluster config ($KUBERNETES_SERVICE_HOST and the ServiceAccount token).")
 
 	fs = fss.FlagSet("identity and dialing")
 	fs.StringVar(&o.AgentID, "agent-id", o.AgentID, "Name of this agent in the server's logs and metrics. Default: $NODE_NAME, else the hostname.")
@@ -202,6 +215,16 @@ func (o *Options) Validate() []error {
 	if o.DrainGrace < 0 {
 		add("--drain-grace=%v: must not be negative (0 closes open connections at once)", o.DrainGrace)
 	}
+	if o.CountServerLeases {
+		if o.LeaseNamespace == "" {
+			add("--lease-namespace is empty: give the namespace of the server replicas' Leases (the servers' --lease-namespace, kube-system by default)")
+		}
+		if _, err := labels.Parse(o.LeaseLabelSelector); err != nil || o.LeaseLabelSelector == "" {
+			add("--lease-label-selector=%q: not a label selector (%v); the servers label their Leases %s", o.LeaseLabelSelector, err, leases.Selector())
+		}
+	} else if o.Kubeconfig != "" {
+		add("--kubeconfig is only used with --count-server-leases: add that flag, or drop --kubeconfig")
+	}
 	if _, err := o.agentID(); err != nil {
 		errs = append(errs, err)
 	}
@@ -262,7 +285,12 @@ func (o *Options) Config() (agent.Config, error) {
 			return agent.Config{}, fmt.Errorf("--service-account-token-path: %w", err)
 		}
 	}
+	counter, err := o.serverCounter(id)
+	if err != nil {
+		return agent.Config{}, err
+	}
 	return agent.Config{
+		ServerCounter:   counter,
 		ServerAddr:      net.JoinHostPort(host, strconv.Itoa(o.ProxyServerPort)),
 		TLS:             tlsCfg,
 		TokenFile:       o.ServiceAccountTokenPath,
@@ -278,6 +306,27 @@ func (o *Options) Config() (agent.Config, error) {
 		DrainGrace:      o.DrainGrace,
 		ConnStreams:     o.ConnStreams,
 	}, nil
+}
+
+// serverCounter is the Lease watcher of --count-server-leases; nil when
+// off. agentID names the agent's API client in the API server's logs.
+func (o *Options) serverCounter(agentID string) (agent.ServerCounter, error) {
+	if !o.CountServerLeases {
+		return nil, nil
+	}
+	client, err := cli.KubeClient(o.Kubeconfig, "edge-tunnel-agent/"+version.Get().GitVersion+" ("+agentID+")", o.getenv)
+	if err != nil {
+		return nil, fmt.Errorf("--count-server-leases: %w", err)
+	}
+	if client == nil {
+		return nil, errors.New("--count-server-leases counts the server Leases through the Kubernetes API, but the agent has no API access: pass --kubeconfig, or run it in a pod with a ServiceAccount token (manifests/components/agent-lease-count); or drop the flag: the servers announce the count themselves")
+	}
+	w, err := leases.NewWatcher(leases.WatchConfig{Client: client, Namespace: o.LeaseNamespace, Selector: o.LeaseLabelSelector,
+		Log: klog.Background().WithName("agent.leases"), RBACHint: ": see manifests/components/agent-lease-count"})
+	if err != nil {
+		return nil, fmt.Errorf("--count-server-leases: %w", err)
+	}
+	return w, nil
 }
 
 // serverHost returns the host without brackets, and refuses a host:port,

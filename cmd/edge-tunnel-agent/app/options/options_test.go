@@ -286,3 +286,67 @@ func TestConfigToken(t *testing.T) {
 		}
 	}
 }
+
+func TestCountServerLeases(t *testing.T) {
+	p := clitest.WritePKI(t, "leaf")
+	base := []string{"--proxy-server-host=127.0.0.1", "--ca-cert=" + p.CA(), "--agent-cert=" + p.Cert("leaf"), "--agent-key=" + p.Key("leaf")}
+	env := map[string]string{"NODE_NAME": "edge-1", "NODE_IP": "10.0.0.5"}
+
+	o, _ := parse(t, env, base...)
+	if o.CountServerLeases || o.LeaseNamespace != "kube-system" ||
+		o.LeaseLabelSelector != "app.kubernetes.io/component=replica-lease,app.kubernetes.io/name=edge-tunnel-server" {
+		t.Errorf("defaults: %v %q %q", o.CountServerLeases, o.LeaseNamespace, o.LeaseLabelSelector)
+	}
+	cfg, err := o.Config()
+	if err != nil || cfg.ServerCounter != nil {
+		t.Errorf("Config without --count-server-leases: counter %v, %v; want none", cfg.ServerCounter, err)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kubeconfig=/k"}, "--kubeconfig is only used with --count-server-leases"},
+		{[]string{"--count-server-leases", "--lease-label-selector=app in (a"}, `--lease-label-selector="app in (a": not a label selector`},
+		{[]string{"--count-server-leases", "--lease-namespace="}, "--lease-namespace is empty"},
+	} {
+		o, _ := parse(t, env, append(base, tc.args...)...)
+		if err := errors.Join(o.Validate()...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%v) = %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+
+	// No API to count with: a clear refusal at start, not a silent
+	// fallback.
+	o, _ = parse(t, env, append(base, "--count-server-leases")...)
+	if errs := o.Validate(); len(errs) != 0 {
+		t.Fatalf("Validate: %v", errors.Join(errs...))
+	}
+	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "the agent has no API access: pass --kubeconfig") {
+		t.Errorf("Config with no API access = %v", err)
+	}
+
+	// A kubeconfig: the watcher is built (it reaches the API only when
+	// the agent runs).
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, _ = parse(t, env, append(base, "--count-server-leases", "--kubeconfig="+kc, "--lease-namespace=edge")...)
+	if errs := o.Validate(); len(errs) != 0 {
+		t.Fatalf("Validate: %v", errors.Join(errs...))
+	}
+	if cfg, err := o.Config(); err != nil || cfg.ServerCounter == nil {
+		t.Errorf("Config with --kubeconfig: counter %v, %v; want one", cfg.ServerCounter, err)
+	}
+	o, _ = parse(t, env, append(base, "--count-server-leases", "--kubeconfig="+kc+".missing")...)
+	if _, err := o.Config(); err == nil || !strings.Contains(err.Error(), "--count-server-leases: --kubeconfig "+kc+".missing") {
+		t.Errorf("Config with a missing kubeconfig = %v", err)
+	}
+}

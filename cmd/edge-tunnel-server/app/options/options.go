@@ -10,6 +10,7 @@ package options
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -19,8 +20,6 @@ import (
 	"github.com/google/uuid"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/component-base/version"
@@ -569,30 +568,16 @@ func (o *Options) kubeClient() (kubernetes.Interface, error) {
 	if o.kubeBuilt {
 		return o.kube, nil
 	}
-	var rc *rest.Config
-	var err error
-	switch {
-	case o.Kubeconfig != "":
-		if rc, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig); err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", o.Kubeconfig, err)
-		}
-	case o.getenv("KUBERNETES_SERVICE_HOST") != "":
-		if rc, err = rest.InClusterConfig(); err != nil {
-			klog.Warningf("No Kubernetes API access: running in a pod, but its in-cluster API config is unusable (%v). "+
-				"ConfigMap %s is not watched (edge nodes get the default port policy, or use --ports-config), and agents' "+
-				"claimed addresses must be IP SANs of their certificates. Mount a ServiceAccount token or pass --kubeconfig", err, o.PortsConfigMap)
-			o.kubeBuilt = true
-			return nil, nil
-		}
-	default:
+	client, err := cli.KubeClient(o.Kubeconfig, "edge-tunnel-server/"+version.Get().GitVersion, o.getenv)
+	if errors.Is(err, cli.ErrNoInCluster) {
+		klog.Warningf("No Kubernetes API access: %v. "+
+			"ConfigMap %s is not watched (edge nodes get the default port policy, or use --ports-config), and agents' "+
+			"claimed addresses must be IP SANs of their certificates. Mount a ServiceAccount token or pass --kubeconfig", err, o.PortsConfigMap)
 		o.kubeBuilt = true
 		return nil, nil
 	}
-	rc = rest.CopyConfig(rc)
-	rc.UserAgent = "edge-tunnel-server/" + version.Get().GitVersion
-	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("a Kubernetes client (--kubeconfig %q): %w", o.Kubeconfig, err)
+		return nil, err
 	}
 	o.kube, o.kubeBuilt = client, true
 	return client, nil
