@@ -124,6 +124,7 @@ func check(o *objects, flags map[string]*pflag.FlagSet) []string {
 	}
 	checkCertificates(o, ws, add)
 	checkTokenAuth(o, cs, add)
+	checkAgentAPI(o, cs, add)
 	return p
 }
 

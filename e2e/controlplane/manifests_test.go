@@ -12,8 +12,12 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/certgen"
 )
 
-// serverSA is who edge-tunnel-server is in the cluster.
-const serverSA = "system:serviceaccount:kube-system:edge-tunnel-server"
+// serverSA and agentUser are who edge-tunnel-server and edge-tunnel-agent
+// are in the cluster.
+const (
+	serverSA  = "system:serviceaccount:kube-system:edge-tunnel-server"
+	agentUser = "system:serviceaccount:kube-system:edge-tunnel-agent"
+)
 
 // TestManifests puts manifests/ in front of a real kube-apiserver: a
 // server-side dry run of every kustomization (base, examples with every
@@ -87,14 +91,7 @@ func TestManifests(t *testing.T) {
 	})
 
 	t.Run("rbac", func(t *testing.T) {
-		canI := func(sa string, want bool, args ...string) {
-			t.Helper()
-			r := k.Run(controlplane.RunOptions{}, append([]string{"auth", "can-i", "--as", sa, "-n", "kube-system"}, args...)...)
-			got := strings.TrimSpace(r.Stdout)
-			if r.Err != nil || (want && (got != "yes" || r.ExitCode != 0)) || (!want && (got != "no" || r.ExitCode != 1)) {
-				t.Errorf("%s may %v: want %v; %s", sa, args, want, r)
-			}
-		}
+		canI := func(sa string, want bool, args ...string) { t.Helper(); canI(t, k, sa, want, args...) }
 		// What the server calls: get, list and watch of its one ConfigMap.
 		for _, verb := range []string{"get", "list", "watch"} {
 			canI(serverSA, true, verb, "configmaps/edge-tunnel-server-cfg")
@@ -136,9 +133,74 @@ func TestManifests(t *testing.T) {
 		} {
 			canI(serverSA, false, args...)
 		}
-		// The agents have no API access at all (no token is even mounted).
-		canI("system:serviceaccount:kube-system:edge-tunnel-agent", false, "get", "configmaps/edge-tunnel-server-cfg")
+		// The agents have no API access at all (no token is even mounted),
+		// not even to the replica Leases unless components/agent-lease-count
+		// is applied (below).
+		canI(agentUser, false, "get", "configmaps/edge-tunnel-server-cfg")
+		for _, verb := range []string{"list", "watch"} {
+			canI(agentUser, false, verb, "leases.coordination.k8s.io")
+		}
 	})
+
+	// Agents that count the Leases themselves (--count-server-leases):
+	// the example applied for real over the base may list and watch Leases
+	// in kube-system, and nothing else.
+	t.Run("agent-lease-count", func(t *testing.T) {
+		canI := func(sa string, want bool, args ...string) { t.Helper(); canI(t, k, sa, want, args...) }
+		ex := filepath.Join("..", "..", "manifests", "examples", "agent-lease-count")
+		k.MustRun(t, "apply", "-k", ex)
+		for _, obj := range []string{"role/edge-tunnel-agent-leases", "rolebinding/edge-tunnel-agent-leases"} {
+			k.MustRun(t, "get", "-n", "kube-system", obj)
+		}
+		if d := k.Run(controlplane.RunOptions{}, "diff", "-k", ex); d.Err != nil || d.ExitCode != 0 {
+			t.Errorf("kubectl diff after apply shows differences (exit 1) or failed:\n%s", d)
+		}
+		r := k.MustRun(t, "get", "-n", "kube-system", "daemonset/edge-tunnel-agent", "-o",
+			"jsonpath={.spec.template.spec.containers[0].args} {.spec.template.spec.containers[0].volumeMounts[*].mountPath}")
+		for _, want := range []string{"--count-server-leases", "/var/run/secrets/kubernetes.io/serviceaccount"} {
+			if !strings.Contains(r.Stdout, want) {
+				t.Errorf("the applied DaemonSet lacks %s: %s", want, r.Stdout)
+			}
+		}
+		for _, verb := range []string{"list", "watch"} {
+			canI(agentUser, true, verb, "leases.coordination.k8s.io")
+		}
+		for _, args := range [][]string{
+			{"get", "leases.coordination.k8s.io"},
+			{"get", "leases.coordination.k8s.io/edge-tunnel-server-7d9c6-x2k4p"},
+			{"create", "leases.coordination.k8s.io"},
+			{"update", "leases.coordination.k8s.io/edge-tunnel-server-7d9c6-x2k4p"},
+			{"patch", "leases.coordination.k8s.io/edge-tunnel-server-7d9c6-x2k4p"},
+			{"delete", "leases.coordination.k8s.io/edge-tunnel-server-7d9c6-x2k4p"},
+			{"deletecollection", "leases.coordination.k8s.io"},
+			{"list", "leases.coordination.k8s.io", "--namespace", "default"},
+			{"watch", "leases.coordination.k8s.io", "--namespace", "kube-node-lease"},
+			{"list", "configmaps"},
+			{"get", "configmaps/edge-tunnel-agent-config"},
+			{"list", "secrets"},
+			{"get", "secrets/edge-tunnel-agent-certs"},
+			{"list", "nodes"},
+			{"get", "nodes/edge-1"},
+			{"list", "pods"},
+			{"create", "serviceaccounts/edge-tunnel-agent/token"},
+		} {
+			canI(agentUser, false, args...)
+		}
+		// The server's own rights are untouched by the component.
+		canI(serverSA, true, "list", "leases.coordination.k8s.io")
+		canI(serverSA, false, "watch", "leases.coordination.k8s.io")
+	})
+}
+
+// canI checks with kubectl auth can-i, as sa in kube-system unless args
+// name another namespace, that sa may (want) or may not do args.
+func canI(t *testing.T, k *controlplane.Kubectl, sa string, want bool, args ...string) {
+	t.Helper()
+	r := k.Run(controlplane.RunOptions{}, append([]string{"auth", "can-i", "--as", sa, "-n", "kube-system"}, args...)...)
+	got := strings.TrimSpace(r.Stdout)
+	if r.Err != nil || (want && (got != "yes" || r.ExitCode != 0)) || (!want && (got != "no" || r.ExitCode != 1)) {
+		t.Errorf("%s may %v: want %v; %s", sa, args, want, r)
+	}
 }
 
 // kustomizations returns every directory under root that kubectl apply -k
