@@ -102,7 +102,10 @@ BENCH_IDLE_CONNS=200 BENCH_AGENTS=200 go test -short -run '^$' -bench . -benchti
   ./pkg/... ./e2e/bench/ >"$bench_log" 2>&1 || bench_status=$?
 grep -E '^(Benchmark|ok|FAIL|---|panic:)' "$bench_log" || true
 if [ "$bench_status" != 0 ]; then
-  tail -60 "$bench_log" >&2
+  # The benchmarks' own messages first (a process's log may follow them,
+  # with lines too long to read), then the end of the output.
+  grep -E '^\s+[A-Za-z0-9_]+\.go:[0-9]+: ' "$bench_log" | cut -c1-400 | tail -40 >&2 || true
+  tail -60 "$bench_log" | cut -c1-400 >&2
   false
 fi
 

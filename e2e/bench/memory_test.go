@@ -47,8 +47,10 @@ func BenchmarkIdleConns(b *testing.B) {
 
 	var srvB, agB, srvHeap, agHeap float64
 	for b.Loop() {
-		srvG, agG, echoFDs := server.goroutines(b), agent.goroutines(b), echo.FDs(b)
+		// The baselines are taken once the warm-up dials' connections
+		// have had time to close at every hop.
 		time.Sleep(settleTime)
+		srvG, agG, echoFDs := server.goroutines(b), agent.goroutines(b), echo.FDs(b)
 		server.collect(b)
 		agent.collect(b)
 		srv0, ag0 := server.memory(b), agent.memory(b)
