@@ -1,6 +1,10 @@
 package controlplane
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/edge-tunnel/edge-tunnel/e2e/harness"
@@ -27,3 +31,37 @@ func (c *Cluster) StartAgentVia(t testing.TB, n *Node, addr string, args ...stri
 		Name: n.Name, IPv4: n.Addr.String(), Node: n.EdgeNode, ServerAddr: addr, ExtraArgs: args,
 	})
 }
+
+// EdgeKubeconfig writes a kubeconfig named name for a process on an edge
+// node: it authenticates with token and reaches kube-apiserver at addr (a
+// forwarder on the edge network's host end, as kube-apiserver listens on
+// loopback), checking its certificate under the name "kubernetes", which
+// the certificate carries.
+func (c *Cluster) EdgeKubeconfig(t testing.TB, name, addr, token string) string {
+	t.Helper()
+	content := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: https://%s
+    certificate-authority: %s
+    tls-server-name: kubernetes
+users:
+- name: user
+  user:
+    token: %s
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: user}
+current-context: e2e
+`, addr, c.certs.ClusterCA, token)
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatalf("write %s: %v", name, err)
+	}
+	return path
+}
+
+// APIServerAddr is kube-apiserver's host:port (on loopback).
+func (c *Cluster) APIServerAddr() string { return strings.TrimPrefix(c.APIServerURL, "https://") }

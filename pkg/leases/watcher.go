@@ -50,17 +50,23 @@ type WatchConfig struct {
 // skew larger than the lease duration would otherwise count every replica
 // dead (agent clock ahead) or keep dead ones alive (behind). A Lease is
 // live for its leaseDurationSeconds after its last observed change; one in
-// the first listing counts as just seen (a replica that is gone drops out
-// one duration later).
+// the first listing counts as just seen.
+//
+// A Lease past that time is counted out only once another Lease's renewal
+// has arrived after it: proof that the watch still delivers, so the
+// silence is the replica's. A watch cut off from the API (client-go
+// re-watches quietly, reporting nothing) looks like every replica going
+// silent at once; then nothing is proven, and the count stays.
 type Watcher struct {
 	cfg      WatchConfig
 	informer cache.SharedIndexInformer
 
-	mu      sync.Mutex
-	seen    map[string]sighting // by Lease name
-	count   int                 // the last count handed out; 0 before any
-	failing error               // the watch is broken: the count stays
-	zero    bool                // "no live Lease" was logged
+	mu        sync.Mutex
+	seen      map[string]sighting // by Lease name
+	lastEvent time.Time           // the newest renewal or deletion seen
+	count     int                 // the last count handed out; 0 before any
+	failing   error               // listing fails: the count stays
+	quiet     bool                // the silence was logged
 }
 
 // sighting is when a Lease was last seen to change.
@@ -116,9 +122,10 @@ func (w *Watcher) Run(ctx context.Context) { w.informer.RunWithContext(ctx) }
 // without --enable-lease-controller): the caller then has no count from
 // Leases and goes by the servers' own.
 //
-// While the watch is broken, and when every Lease seems to have expired
-// at once, the last count stays: agents keep holding every replica they
-// knew of rather than all lowering their target on one API outage.
+// While listing fails, while no renewal proves a silent Lease dead (see
+// Watcher), and when every Lease has been deleted, the last count stays:
+// agents keep holding every replica they knew of rather than all lowering
+// their target on one API outage.
 func (w *Watcher) Count() (int, bool) {
 	if !w.informer.HasSynced() {
 		return 0, false
@@ -129,22 +136,36 @@ func (w *Watcher) Count() (int, bool) {
 	if w.failing != nil {
 		return w.count, w.count > 0
 	}
-	n := 0
+	n, silent := 0, false
 	for _, s := range w.seen {
-		if now.Before(s.at.Add(s.ttl)) {
+		expiry := s.at.Add(s.ttl)
+		switch {
+		case now.Before(expiry):
 			n++
+		case !w.lastEvent.After(expiry):
+			// Silent, but so is every other Lease since: not proven
+			// dead. Usually another replica's renewal is only a moment
+			// away; a whole lease duration of silence is worth a line.
+			n++
+			silent = silent || now.Sub(w.lastEvent) > s.ttl
 		}
 	}
 	switch {
+	case silent && !w.quiet:
+		w.quiet = true
+		w.cfg.Log.Info("No server replica Lease renewed for longer than a lease duration; keeping the count until renewals arrive again (kube-apiserver out of reach, or every replica gone)",
+			"count", n, "lastRenewal", w.lastEvent.Format(time.RFC3339), "namespace", w.cfg.Namespace)
+	case !silent && w.quiet:
+		w.quiet = false
+		w.cfg.Log.Info("Server replica Lease renewals arrive again")
+	}
+	switch {
 	case n == 0 && w.count > 0:
-		if !w.zero {
-			w.zero = true
-			w.cfg.Log.Info("No live server replica Lease seen; keeping the last count", "count", w.count,
-				"namespace", w.cfg.Namespace, "selector", w.cfg.Selector)
-		}
+		// Every Lease was deleted: the replicas stopped, or someone
+		// removed the Leases. The agent holds what it holds.
 	case n != w.count:
 		w.cfg.Log.Info("Live server replicas counted from their Leases", "count", n, "before", w.count)
-		w.count, w.zero = n, false
+		w.count = n
 	}
 	return w.count, w.count > 0
 }
@@ -167,7 +188,9 @@ func (w *Watcher) saw(obj any) {
 	if s, ok := w.seen[l.Name]; ok && s.version == version {
 		return
 	}
-	w.seen[l.Name] = sighting{version: version, at: time.Now(), ttl: leaseDuration(l, w.cfg.Duration)}
+	now := time.Now()
+	w.seen[l.Name] = sighting{version: version, at: now, ttl: leaseDuration(l, w.cfg.Duration)}
+	w.lastEvent = now
 }
 
 // gone forgets a deleted Lease: its replica stopped gracefully.
@@ -183,6 +206,7 @@ func (w *Watcher) gone(obj any) {
 	defer w.mu.Unlock()
 	w.recovered()
 	delete(w.seen, l.Name)
+	w.lastEvent = time.Now()
 }
 
 // recovered ends an outage once an event arrives again; w.mu held.

@@ -30,6 +30,19 @@ func (b *logBuffer) add(prefix, args string) {
 	b.lines = append(b.lines, prefix+" "+args)
 }
 
+// mark and since give the lines logged after a point.
+func (b *logBuffer) mark() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.lines)
+}
+
+func (b *logBuffer) since(mark int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.lines[mark:], "\n")
+}
+
 func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -149,17 +162,41 @@ func TestWatcherExpiry(t *testing.T) {
 		t.Errorf("Count while a renews = %d, want 1", n)
 	}
 
-	// a stops renewing too: with no live Lease at all the view is not
-	// believable (an agent is connected to some replica), so the last
-	// count stays.
+	// a stops renewing too: nothing proves the watch still delivers (an
+	// API outage looks the same), so a stays counted.
 	close(stop)
 	<-renewed
-	eventually(t, "the no-live-Lease message", func() bool {
+	mark := logs.mark()
+	eventually(t, "the silence logged", func() bool {
 		w.Count()
-		return strings.Contains(logs.String(), "No live server replica Lease seen; keeping the last count")
+		return strings.Contains(logs.since(mark), "No server replica Lease renewed for longer than a lease duration; keeping the count until renewals arrive again")
+	})
+	mark = logs.mark()
+	if n, ok := w.Count(); !ok || n != 1 {
+		t.Errorf("Count with every Lease silent = %d, %v; want the last count 1, true", n, ok)
+	}
+	// A renewal of another replica proves a dead: counted out.
+	if _, err := api.Create(ctx, lease("edge-tunnel-server-c", Labels, time.Now(), 15), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a counted out, c in", func() bool {
+		n, ok := w.Count()
+		return ok && n == 1 && strings.Contains(logs.since(mark), "Server replica Lease renewals arrive again")
+	})
+
+	// Every Lease deleted (every replica stopped): the last count stays.
+	for _, name := range []string{"edge-tunnel-server-a", "edge-tunnel-server-b", "edge-tunnel-server-c"} {
+		if err := api.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the deletions seen", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.seen) == 0
 	})
 	if n, ok := w.Count(); !ok || n != 1 {
-		t.Errorf("Count with every Lease expired = %d, %v; want the last count 1, true", n, ok)
+		t.Errorf("Count with every Lease deleted = %d, %v; want the last count 1, true", n, ok)
 	}
 }
 
