@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -147,4 +148,16 @@ func keys[V any](m map[string]V) []string {
 	}
 	sort.Strings(k)
 	return k
+}
+
+// wantProblem fails t unless one of problems (what check reported about a
+// broken rendering) contains want.
+func wantProblem(t *testing.T, problems []string, want string) {
+	t.Helper()
+	for _, p := range problems {
+		if strings.Contains(p, want) {
+			return
+		}
+	}
+	t.Errorf("no problem reported contains %q; reported:\n%s", want, strings.Join(problems, "\n"))
 }

@@ -361,13 +361,7 @@ func TestChecksCatchBreakage(t *testing.T) {
 			if tc.objs != nil {
 				tc.objs(objs)
 			}
-			problems := check(objs, flags)
-			for _, p := range problems {
-				if strings.Contains(p, tc.want) {
-					return
-				}
-			}
-			t.Errorf("no problem reported contains %q; reported:\n%s", tc.want, strings.Join(problems, "\n"))
+			wantProblem(t, check(objs, flags), tc.want)
 		})
 	}
 }

@@ -177,15 +177,21 @@ func (a *APIServer) adminClient() (*http.Client, error) {
 	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
 }
 
-func writeKubeconfig(t testing.TB, dir, name, server, ca, token string) string {
+// writeKubeconfig writes a kubeconfig for server, trusting ca and
+// authenticating with token. serverName, when set, is the name checked in
+// kube-apiserver's certificate instead of server's host.
+func writeKubeconfig(t testing.TB, dir, name, server, ca, token, serverName string) string {
 	t.Helper()
+	if serverName != "" {
+		serverName = "\n    tls-server-name: " + serverName
+	}
 	content := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: e2e
   cluster:
     server: %s
-    certificate-authority: %s
+    certificate-authority: %s%s
 users:
 - name: user
   user:
@@ -194,7 +200,7 @@ contexts:
 - name: e2e
   context: {cluster: e2e, user: user, namespace: default}
 current-context: e2e
-`, server, ca, token)
+`, server, ca, serverName, token)
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatalf("write %s: %v", name, err)

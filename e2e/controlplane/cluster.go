@@ -102,8 +102,8 @@ func NewCluster(t testing.TB, tools Tools, opts Options) *Cluster {
 	c.startEtcd(t)
 	c.apiPort = harness.FreePorts(t, 1)[0]
 	c.APIServerURL = "https://127.0.0.1:" + strconv.Itoa(c.apiPort)
-	c.Kubeconfig = writeKubeconfig(t, c.dir, "admin.kubeconfig", c.APIServerURL, c.certs.ClusterCA, adminToken)
-	c.metricsKubeconfig = writeKubeconfig(t, c.dir, "metrics-server.kubeconfig", c.APIServerURL, c.certs.ClusterCA, metricsToken)
+	c.Kubeconfig = writeKubeconfig(t, c.dir, "admin.kubeconfig", c.APIServerURL, c.certs.ClusterCA, adminToken, "")
+	c.metricsKubeconfig = writeKubeconfig(t, c.dir, "metrics-server.kubeconfig", c.APIServerURL, c.certs.ClusterCA, metricsToken, "")
 
 	c.Net = harness.NewEdgeNetwork(t, NetworkPrefix, subnet)
 	hostAddr := c.Net.HostAddr.String()

@@ -1,9 +1,6 @@
 package controlplane
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -39,28 +36,7 @@ func (c *Cluster) StartAgentVia(t testing.TB, n *Node, addr string, args ...stri
 // the certificate carries.
 func (c *Cluster) EdgeKubeconfig(t testing.TB, name, addr, token string) string {
 	t.Helper()
-	content := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: https://%s
-    certificate-authority: %s
-    tls-server-name: kubernetes
-users:
-- name: user
-  user:
-    token: %s
-contexts:
-- name: e2e
-  context: {cluster: e2e, user: user}
-current-context: e2e
-`, addr, c.certs.ClusterCA, token)
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatalf("write %s: %v", name, err)
-	}
-	return path
+	return writeKubeconfig(t, t.TempDir(), name, "https://"+addr, c.certs.ClusterCA, token, "kubernetes")
 }
 
 // APIServerAddr is kube-apiserver's host:port (on loopback).
