@@ -120,12 +120,13 @@ func TestAgentNames(t *testing.T) {
 	m := NewAgent(reg)
 	m.ConnectErrors.WithLabelValues("tls").Inc()
 	want := map[string]int{
-		"edge_tunnel_agent_server_connections":    1,
-		"edge_tunnel_agent_dials_total":           4,
-		"edge_tunnel_agent_dial_duration_seconds": 1,
-		"edge_tunnel_agent_open_connections":      1,
-		"edge_tunnel_agent_bytes_total":           2,
-		"edge_tunnel_agent_connect_errors_total":  1,
+		"edge_tunnel_agent_server_connections":        1,
+		"edge_tunnel_agent_dials_total":               4,
+		"edge_tunnel_agent_dial_duration_seconds":     1,
+		"edge_tunnel_agent_open_connections":          1,
+		"edge_tunnel_agent_target_server_connections": 1,
+		"edge_tunnel_agent_bytes_total":               2,
+		"edge_tunnel_agent_connect_errors_total":      1,
 	}
 	got := families(t, reg)
 	for name, n := range want {

@@ -158,11 +158,14 @@ func TestAgentCountsLeases(t *testing.T) {
 	waitFor(t, "the agent connected to all three replicas", func() bool {
 		return gauge(t, reg, "edge_tunnel_agent_server_connections") == 3
 	})
+	if n := gauge(t, reg, "edge_tunnel_agent_target_server_connections"); n != 3 {
+		t.Errorf("the agent aims for %v servers, want 3 (its Lease count)", n)
+	}
 
 	// s3 goes: its Lease is deleted, the balancer stops offering it.
 	lb.set(addrs[:2]...)
 	renewers["s3"]()
-	waitFor(t, "the agent counting 2", func() bool { n, ok := counter.Count(); return ok && n == 2 })
+	waitFor(t, "the agent aiming for 2", func() bool { return gauge(t, reg, "edge_tunnel_agent_target_server_connections") == 2 })
 	// The agent, still holding s3's connection, is above its target and
 	// does not dial; once that connection ends it holds 2 and still does
 	// not dial (a target of 3 would make it dial every 50-300 ms).
