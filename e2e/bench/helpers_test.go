@@ -233,20 +233,16 @@ func (p proc) fetch(b *testing.B, path, file string) {
 // perUnit is (after - before) / n.
 func perUnit(before, after int64, n int) float64 { return float64(after-before) / float64(n) }
 
-// openTunnel opens a connection to addr through HTTP CONNECT over the
-// server's unix socket, as kube-apiserver's egress selector does, and
-// echoes size bytes through it so that it is established end to end.
-func openTunnel(ctx context.Context, srv *harness.Server, addr string, size int) (net.Conn, error) {
-	c, err := srv.DialUDS(ctx)
+// openTunnel opens a tunnel to addr through frontend fe (a new gRPC
+// connection or CONNECT over the server's unix socket), establishes it with
+// a size-byte echo, and returns it.
+func openTunnel(ctx context.Context, lc *harness.LoadClient, fe harness.Frontend, addr string, size int) (net.Conn, error) {
+	c, err := lc.Dial(ctx, fe, addr)
 	if err != nil {
 		return nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
-	}
-	if _, err := harness.Connect(c, addr); err != nil {
-		c.Close()
-		return nil, err
 	}
 	if err := harness.CheckEcho(c, size); err != nil {
 		c.Close()
@@ -259,20 +255,20 @@ func openTunnel(ctx context.Context, srv *harness.Server, addr string, size int)
 // dialLatency measures n times, one after another, a new tunnel to addr,
 // a 64-byte echo through it and its close (the Dial benchmark's unit in
 // pkg/server), and returns the median and 90th percentile.
-func dialLatency(b *testing.B, srv *harness.Server, addr string, n int) (p50, p90 time.Duration) {
+func dialLatency(b *testing.B, open func(context.Context, int) (net.Conn, error), n int) (p50, p90 time.Duration) {
 	b.Helper()
 	ds := make([]time.Duration, 0, n)
 	for range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		start := time.Now()
-		c, err := openTunnel(ctx, srv, addr, 64)
+		c, err := open(ctx, 64)
 		if err == nil {
 			err = c.Close()
 		}
 		ds = append(ds, time.Since(start))
 		cancel()
 		if err != nil {
-			b.Fatalf("dial %s: %v", addr, err)
+			b.Fatalf("dial %d of %d: %v", len(ds), n, err)
 		}
 	}
 	slices.Sort(ds)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,26 +25,39 @@ import (
 const warmupDials = 20
 
 // BenchmarkIdleConns holds BENCH_IDLE_CONNS (default 10,000) idle tunneled
-// connections, opened with HTTP CONNECT over the server's unix socket to an
-// echo target behind one agent process, and reports what each costs the
-// server and the agent: server-B/conn, agent-B/conn (resident memory) and
-// server-heap-B/conn, agent-heap-B/conn (Go heap in use).
+// connections to an echo target behind one agent process and reports what
+// each costs the server and the agent: server-B/conn, agent-B/conn
+// (resident memory) and server-heap-B/conn, agent-heap-B/conn (Go heap in
+// use). Sub-benchmarks by frontend, each with a server and agent of its
+// own: connect (HTTP CONNECT over the server's unix socket) and grpc (the
+// konnectivity client over the same socket, a gRPC connection per tunnel,
+// as kube-apiserver holds them).
 func BenchmarkIdleConns(b *testing.B) {
 	skipUnlessLinux(b)
 	n := envInt(b, "BENCH_IDLE_CONNS", 10000)
 	// This process holds the client ends, the server and the agent one
 	// file per connection each, the echo process the target ends.
 	raiseNoFile(b, uint64(n+1024))
-
 	bins := harness.Build(b)
+	for _, fe := range []harness.Frontend{harness.ConnectUnix, harness.GRPCUnix} {
+		b.Run(strings.SplitN(string(fe), "/", 2)[0], func(b *testing.B) { benchIdleConns(b, bins, fe, n) })
+	}
+}
+
+func benchIdleConns(b *testing.B, bins harness.Binaries, fe harness.Frontend, n int) {
 	p := harness.NewPKI(b)
 	srv := harness.StartServer(b, bins, p, harness.ServerOptions{})
 	ag := harness.StartAgent(b, bins, p, srv, harness.AgentOptions{Name: "bench-node", IPv4: "127.0.0.1"})
 	srv.WaitAgents(b, 1)
 	echo := startEchoProcess(b)
+	lc, err := harness.NewLoadClient(srv, p.FrontendClientTLS(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	open := func(ctx context.Context, size int) (net.Conn, error) { return openTunnel(ctx, lc, fe, echo.Addr, size) }
 	server := proc{"server", srv.PID(), srv.HealthURL, srv.AdminURL}
 	agent := proc{"agent", ag.PID(), ag.HealthURL, ag.AdminURL}
-	dialLatency(b, srv, echo.Addr, warmupDials)
+	dialLatency(b, open, warmupDials)
 
 	var srvB, agB, srvHeap, agHeap float64
 	for b.Loop() {
@@ -56,7 +70,7 @@ func BenchmarkIdleConns(b *testing.B) {
 		srv0, ag0 := server.memory(b), agent.memory(b)
 
 		start := time.Now()
-		conns := openIdle(b, srv, echo.Addr, n)
+		conns := openIdle(b, open, n)
 		opened := time.Since(start)
 		// Closed below; this only covers a failure on the way there.
 		b.Cleanup(func() { closeAll(conns) })
@@ -71,11 +85,12 @@ func BenchmarkIdleConns(b *testing.B) {
 		srvB, agB = perUnit(srv0.rss, srv1.rss, n), perUnit(ag0.rss, ag1.rss, n)
 		srvHeap, agHeap = perUnit(srv0.heap, srv1.heap, n), perUnit(ag0.heap, ag1.heap, n)
 		srvG1, agG1 := server.goroutines(b), agent.goroutines(b)
-		b.Logf("%d idle connections opened in %s", n, opened.Round(time.Millisecond))
+		b.Logf("%d idle connections (%s) opened in %s", n, fe, opened.Round(time.Millisecond))
 		b.Logf("server: %s -> %s; goroutines %d -> %d (%.1f per connection)", srv0, srv1, srvG, srvG1, perUnit(int64(srvG), int64(srvG1), n))
 		b.Logf("agent:  %s -> %s; goroutines %d -> %d (%.1f per connection)", ag0, ag1, agG, agG1, perUnit(int64(agG), int64(agG1), n))
-		server.saveProfiles(b, fmt.Sprintf("idle-conns-%d-server", n))
-		agent.saveProfiles(b, fmt.Sprintf("idle-conns-%d-agent", n))
+		name := strings.ReplaceAll(string(fe), "/", "-")
+		server.saveProfiles(b, fmt.Sprintf("idle-conns-%s-%d-server", name, n))
+		agent.saveProfiles(b, fmt.Sprintf("idle-conns-%s-%d-agent", name, n))
 
 		closeAll(conns)
 		waitFor(b, 30*time.Second, "the echo process's connections to close", func() bool { return echo.FDs(b) <= echoFDs })
@@ -93,7 +108,7 @@ const openIdleWorkers = 32
 
 // openIdle opens n tunnels to addr, each established by a 16-byte echo, and
 // returns them open and idle. The first failure fails the benchmark.
-func openIdle(b *testing.B, srv *harness.Server, addr string, n int) []net.Conn {
+func openIdle(b *testing.B, open func(context.Context, int) (net.Conn, error), n int) []net.Conn {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -107,7 +122,7 @@ func openIdle(b *testing.B, srv *harness.Server, addr string, n int) []net.Conn 
 	for range openIdleWorkers {
 		wg.Go(func() {
 			for i := range next {
-				c, err := openTunnel(ctx, srv, addr, 16)
+				c, err := open(ctx, 16)
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
@@ -168,6 +183,13 @@ func BenchmarkManyAgents(b *testing.B) {
 	srv.WaitAgents(b, 1)
 	echo := harness.StartEcho(b, "127.0.0.1")
 	server := proc{"server", srv.PID(), srv.HealthURL, srv.AdminURL}
+	lc, err := harness.NewLoadClient(srv, p.FrontendClientTLS(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	open := func(ctx context.Context, size int) (net.Conn, error) {
+		return openTunnel(ctx, lc, harness.ConnectUnix, echo.Addr, size)
+	}
 
 	certFile, keyFile := p.AgentCert(b, "bench-fleet", "system:node:bench-fleet")
 	host, _, err := net.SplitHostPort(srv.AgentAddr)
@@ -179,7 +201,7 @@ func BenchmarkManyAgents(b *testing.B) {
 		b.Fatalf("TLS for the in-process agents: %v", err)
 	}
 	quietKlog(b)
-	dialLatency(b, srv, echo.Addr, warmupDials)
+	dialLatency(b, open, warmupDials)
 
 	const samples = 200
 	var perAgent, heapPerAgent float64
@@ -189,7 +211,7 @@ func BenchmarkManyAgents(b *testing.B) {
 		time.Sleep(settleTime)
 		before := server.memory(b)
 		var p90One time.Duration
-		p50One, p90One = dialLatency(b, srv, echo.Addr, samples)
+		p50One, p90One = dialLatency(b, open, samples)
 
 		start := time.Now()
 		f, err := startFleet(srv.AgentAddr, tlsCfg, count, 200, 3*time.Minute)
@@ -210,7 +232,7 @@ func BenchmarkManyAgents(b *testing.B) {
 		server.saveProfiles(b, fmt.Sprintf("many-agents-%d-server", count))
 
 		var p90Many time.Duration
-		p50Many, p90Many = dialLatency(b, srv, echo.Addr, samples)
+		p50Many, p90Many = dialLatency(b, open, samples)
 		c50, c99, cMax := f.connectQuantiles()
 		b.Logf("%d agents connected in %s, 200 at a time; each took p50 %s, p99 %s, max %s", count, connected.Round(time.Millisecond),
 			c50.Round(time.Millisecond), c99.Round(time.Millisecond), cMax.Round(time.Millisecond))

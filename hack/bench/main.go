@@ -171,12 +171,18 @@ func report(res map[string]*result) {
 			add("download beside a stalled reader / alone, "+fe, fmt.Sprintf("%.2f (%.0f / %.0f MB/s)", b/a, b, a), ">= 0.9", "0.03 (frozen)")
 		}
 	}
-	if s, ok := get(res, "IdleConns", "server-B/conn"); ok {
-		a, _ := get(res, "IdleConns", "agent-B/conn")
-		sh, _ := get(res, "IdleConns", "server-heap-B/conn")
-		ah, _ := get(res, "IdleConns", "agent-heap-B/conn")
-		add("memory per idle tunneled connection (10,000 open), RSS server / agent",
-			fmt.Sprintf("%.1f / %.1f KB (heap %.1f / %.1f)", s/1000, a/1000, sh/1000, ah/1000), "<= 10 KB each", "~19 / ~12 KB")
+	for _, p := range []struct{ path, label, up string }{
+		{"connect", "HTTP CONNECT (UDS)", "~19 / ~12 KB"},
+		{"grpc", "gRPC, a connection per tunnel", ""},
+	} {
+		name := "IdleConns/" + p.path
+		if s, ok := get(res, name, "server-B/conn"); ok {
+			a, _ := get(res, name, "agent-B/conn")
+			sh, _ := get(res, name, "server-heap-B/conn")
+			ah, _ := get(res, name, "agent-heap-B/conn")
+			add("memory per idle tunneled connection (10,000 open), "+p.label+", RSS server / agent",
+				fmt.Sprintf("%.1f / %.1f KB (heap %.1f / %.1f)", s/1000, a/1000, sh/1000, ah/1000), "<= 10 KB each", p.up)
+		}
 	}
 	if s, ok := get(res, "ManyAgents", "server-B/agent"); ok {
 		r, _ := get(res, "ManyAgents", "dial-ratio")
