@@ -61,6 +61,10 @@ func NewStreamConn(s ChunkStream, closeFn func()) *StreamConn {
 // otherwise only wait for the end (a gRPC server handler): its owner calls
 // Serve, and Go hands that goroutine work. An idle tunneled connection
 // then costs one goroutine stack less.
+//
+// The work must not read from this stream: a server stream ends only when
+// its handler returns, so a Read blocked on the handler's own goroutine
+// would outlive Close. Copying towards the stream is the work to hand.
 func NewHostedStreamConn(s ChunkStream, closeFn func()) *StreamConn {
 	c := NewStreamConn(s, closeFn)
 	c.tasks = make(chan func(), 1)
