@@ -263,7 +263,7 @@ func dialLatency(b *testing.B, open func(context.Context, int) (net.Conn, error)
 		start := time.Now()
 		c, err := open(ctx, 64)
 		if err == nil {
-			err = c.Close()
+			err = harness.CloseConn(c)
 		}
 		ds = append(ds, time.Since(start))
 		cancel()

@@ -311,7 +311,7 @@ func (c *LoadClient) run(ctx context.Context, op Op) OpResult {
 		n, err = upload(conn, op.Size)
 	}
 	stop()
-	if cerr := closeConn(conn); err == nil {
+	if cerr := CloseConn(conn); err == nil {
 		err = cerr
 	}
 	if err == nil && ctx.Err() != nil {
@@ -323,10 +323,10 @@ func (c *LoadClient) run(ctx context.Context, op Op) OpResult {
 	return OpResult{Outcome: Verified, Bytes: n}
 }
 
-// closeConn closes a tunneled connection. konnectivity-client's Close waits
+// CloseConn closes a tunneled connection. konnectivity-client's Close waits
 // for the server's CLOSE_RSP; "tunnel closed" (the server ended the stream
 // right after it) is normal, its 10 s close timeout is not.
-func closeConn(c net.Conn) error {
+func CloseConn(c net.Conn) error {
 	if err := c.Close(); err != nil && err.Error() != "tunnel closed" {
 		return fmt.Errorf("close: %w", err)
 	}
@@ -363,7 +363,7 @@ func (c *LoadClient) runCancel(ctx context.Context, op Op) OpResult {
 	timer.Stop()
 	switch {
 	case err == nil:
-		if err := closeConn(conn); err != nil {
+		if err := CloseConn(conn); err != nil {
 			return OpResult{Err: err}
 		}
 		return OpResult{Outcome: Connected}
