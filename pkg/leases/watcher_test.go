@@ -64,10 +64,11 @@ func startWatcher(t *testing.T, cfg WatchConfig) (*Watcher, *logBuffer) {
 	return w, logs
 }
 
-// eventually waits up to 5 s for cond.
+// eventually waits up to 10 s for cond (the informer retries a failed
+// listing after a backoff of about a second).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
