@@ -106,7 +106,7 @@ func New(cfg Config) (*Agent, error) {
 		liveCount:   map[string]bool{},
 		changed:     make(chan struct{}, 1),
 	}
-	a.m.ServerCount.Set(float64(a.target))
+	a.m.TargetServerConnections.Set(float64(a.target))
 	return a, nil
 }
 
@@ -233,7 +233,7 @@ func (a *Agent) retarget(announcedBy string) {
 	}
 	a.log.Info("Server count changed", kv...)
 	a.target = n
-	a.m.ServerCount.Set(float64(n))
+	a.m.TargetServerConnections.Set(float64(n))
 }
 
 // connectOnce opens one new gRPC connection (through the load balancer, so

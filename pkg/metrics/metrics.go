@@ -194,9 +194,10 @@ func NewServer(reg prometheus.Registerer) *Server {
 type Agent struct {
 	// ServerConnections is the number of servers the agent is connected to.
 	ServerConnections prometheus.Gauge
-	// ServerCount is the number of server replicas the agent aims to hold
-	// a connection to: its own Lease count, else the servers' announced one.
-	ServerCount prometheus.Gauge
+	// TargetServerConnections is the number of server replicas the agent
+	// aims to hold a connection to: its own Lease count, else the servers'
+	// announced one.
+	TargetServerConnections prometheus.Gauge
 	// Dials counts dials the agent made for servers, by result (ok,
 	// refused, error, cancelled).
 	Dials *prometheus.CounterVec
@@ -219,7 +220,7 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 			Namespace: namespace, Subsystem: "agent", Name: "server_connections",
 			Help: "Servers this agent is currently connected to.",
 		}),
-		ServerCount: f.NewGauge(prometheus.GaugeOpts{
+		TargetServerConnections: f.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: "agent", Name: "target_server_connections",
 			Help: "Server replicas this agent aims to be connected to (its Lease count with --count-server-leases, else the count the servers announced).",
 		}),
