@@ -124,13 +124,17 @@ func StatusFor(err error) int {
 // kube-apiserver reports it, and as the body for humans with curl. It writes
 // a whole response that closes the connection, so w must be the raw
 // connection (or a hijacked one).
+//
+// The reason is made valid UTF-8 (the body says charset=utf-8; a target a
+// client named in bytes that are not UTF-8 is echoed with U+FFFD in their
+// place) and kept on one line.
 func WriteStatus(w io.Writer, code int, reason string) {
 	reason = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {
 			return ' '
 		}
 		return r
-	}, reason)
+	}, strings.ToValidUTF8(reason, "\uFFFD"))
 	body := reason + "\n"
 	fmt.Fprintf(w, "HTTP/1.1 %d %s: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		code, http.StatusText(code), reason, len(body), body)
