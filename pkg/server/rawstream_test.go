@@ -354,22 +354,7 @@ func closeKonn(t testing.TB, c net.Conn) {
 // closingServer accepts on loopback, writes msg and closes at once.
 func closingServer(t testing.TB, msg string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, msg)
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
+	return serveTCP(t, "127.0.0.1:0", func(c net.Conn) { io.WriteString(c, msg); c.Close() })
 }
 
 // metricValue sums the series of a gauge or counter whose labels include

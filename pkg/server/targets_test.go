@@ -7,52 +7,59 @@ import (
 	"testing"
 )
 
-// byteServer is a loopback target for transfer tests. A client sends an
-// 8-byte big-endian size and a direction byte: 'd' and the server sends that
-// many bytes; 'u' and the server reads that many bytes and answers one byte.
-func byteServer(t testing.TB) string {
+// serveTCP listens on addr until the test ends and runs handle on every
+// connection in a goroutine of its own; it returns the address.
+func serveTCP(t testing.TB, addr string, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	chunk := make([]byte, 256<<10)
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				var hdr [9]byte
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					return
-				}
-				n := int64(binary.BigEndian.Uint64(hdr[:8]))
-				switch hdr[8] {
-				case 'd':
-					for n > 0 {
-						w, err := c.Write(chunk[:min(n, int64(len(chunk)))])
-						if err != nil {
-							return
-						}
-						n -= int64(w)
-					}
-					// Wait for the client to close, so the last bytes are
-					// not raced by our close.
-					io.Copy(io.Discard, c)
-				case 'u':
-					if _, err := io.CopyN(io.Discard, c, n); err != nil {
-						return
-					}
-					c.Write([]byte{1})
-				}
-			}()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// byteServer is a loopback target for transfer tests. A client sends an
+// 8-byte big-endian size and a direction byte: 'd' and the server sends that
+// many bytes; 'u' and the server reads that many bytes and answers one byte.
+func byteServer(t testing.TB) string {
+	t.Helper()
+	chunk := make([]byte, 256<<10)
+	return serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		var hdr [9]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n := int64(binary.BigEndian.Uint64(hdr[:8]))
+		switch hdr[8] {
+		case 'd':
+			for n > 0 {
+				w, err := c.Write(chunk[:min(n, int64(len(chunk)))])
+				if err != nil {
+					return
+				}
+				n -= int64(w)
+			}
+			// Wait for the client to close, so the last bytes are not
+			// raced by our close.
+			io.Copy(io.Discard, c)
+		case 'u':
+			if _, err := io.CopyN(io.Discard, c, n); err != nil {
+				return
+			}
+			c.Write([]byte{1})
+		}
+	})
 }
 
 func request(c net.Conn, n int64, dir byte) error {

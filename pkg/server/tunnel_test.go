@@ -20,21 +20,7 @@ func echoServer(t testing.TB) string { return echoServerOn(t, "127.0.0.1:0") }
 // echoServerOn is echoServer on a given address.
 func echoServerOn(t testing.TB, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
+	return serveTCP(t, addr, func(c net.Conn) { io.Copy(c, c); c.Close() })
 }
 
 func echoRoundTrip(t testing.TB, c net.Conn, size int) {
