@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -69,7 +70,11 @@ func FuzzProxyRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input []byte) {
 		br := bufio.NewReader(bytes.NewReader(input))
 		req, perr := http.ReadRequest(br)
-		d.reset(perr == nil && req.Method == http.MethodConnect)
+		if perr != nil {
+			d.reset(nil)
+		} else {
+			d.reset(req)
+		}
 		answer := proxyExchange(t, ln.Addr().String(), input)
 		dials := d.Dials()
 		defer d.remember(dials)
@@ -172,21 +177,59 @@ func proxyExchange(t *testing.T, addr string, input []byte) []byte {
 // records what it receives; for forwarded requests, to the loopback HTTP
 // backend, whatever the address (the Transport keeps those connections for
 // later requests to the same address, so it remembers them).
+//
+// The Transport finishes a dial it started even when the request that
+// asked for it has ended, so a forwarding dial of one input may arrive
+// while a later input runs. During a CONNECT, a dial of another address
+// whose host an earlier input asked to forward to is taken for one of
+// those: it goes to the backend and is not recorded.
 type fuzzDialer struct {
 	*dialrecord.Recorder
 	backend string
 	connect atomic.Bool
 	ever    map[string]bool // addresses dialed for forwarding in earlier inputs
+
+	mu        sync.Mutex
+	target    string          // the CONNECT target of the current input
+	forwarded map[string]bool // hosts that inputs asked to forward to
 }
 
 func newFuzzDialer(backend string) *fuzzDialer {
-	return &fuzzDialer{Recorder: dialrecord.New(1024), backend: backend, ever: map[string]bool{}}
+	return &fuzzDialer{Recorder: dialrecord.New(1024), backend: backend, ever: map[string]bool{}, forwarded: map[string]bool{}}
 }
 
-// reset starts an input: connect says whether it is a CONNECT.
-func (d *fuzzDialer) reset(connect bool) {
+// reset starts an input: req is what net/http reads of it (nil when it
+// cannot be read).
+func (d *fuzzDialer) reset(req *http.Request) {
+	connect := req != nil && req.Method == http.MethodConnect
+	d.mu.Lock()
+	d.target = ""
+	switch {
+	case connect:
+		d.target = req.URL.Host
+	case req != nil:
+		for _, h := range []string{req.URL.Host, req.Host} {
+			if host, _, err := net.SplitHostPort(h); err == nil {
+				h = host
+			}
+			d.forwarded[strings.ToLower(h)] = true
+		}
+	}
+	d.mu.Unlock()
 	d.connect.Store(connect)
 	d.Drain()
+}
+
+// lateForward reports whether address, dialed during a CONNECT to
+// another address, is a late forwarding dial of an earlier input.
+func (d *fuzzDialer) lateForward(address string) bool {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return address != d.target && d.forwarded[strings.ToLower(host)]
 }
 
 // remember records the forwarding dials of an input.
@@ -216,8 +259,11 @@ func (d *fuzzDialer) dialedPort(dials []string, suffix string) bool {
 }
 
 func (d *fuzzDialer) Dial(ctx context.Context, _, address string) (io.ReadWriteCloser, error) {
-	d.Dialed(address)
-	if !d.connect.Load() {
+	late := d.connect.Load() && d.lateForward(address)
+	if !late {
+		d.Dialed(address)
+	}
+	if late || !d.connect.Load() {
 		var nd net.Dialer
 		c, err := nd.DialContext(ctx, "tcp", d.backend)
 		if err != nil {
