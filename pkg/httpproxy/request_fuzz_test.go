@@ -199,10 +199,15 @@ func newFuzzDialer(backend string) *fuzzDialer {
 }
 
 // reset starts an input: req is what net/http reads of it (nil when it
-// cannot be read).
+// cannot be read). Dials recorded since the last input's Dials are late
+// forwarding dials of earlier inputs: they are remembered, not counted as
+// this input's. Dial decides and records under mu, so a dial is either
+// such a late one or judged by this input's state.
 func (d *fuzzDialer) reset(req *http.Request) {
 	connect := req != nil && req.Method == http.MethodConnect
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.remember(d.Dials())
 	d.target = ""
 	switch {
 	case connect:
@@ -215,20 +220,18 @@ func (d *fuzzDialer) reset(req *http.Request) {
 			d.forwarded[strings.ToLower(h)] = true
 		}
 	}
-	d.mu.Unlock()
 	d.connect.Store(connect)
 	d.Drain()
 }
 
 // lateForward reports whether address, dialed during a CONNECT to
-// another address, is a late forwarding dial of an earlier input.
+// another address, is a late forwarding dial of an earlier input. The
+// caller holds mu.
 func (d *fuzzDialer) lateForward(address string) bool {
 	host, _, err := net.SplitHostPort(address)
 	if err != nil {
 		return false
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	return address != d.target && d.forwarded[strings.ToLower(host)]
 }
 
@@ -259,11 +262,14 @@ func (d *fuzzDialer) dialedPort(dials []string, suffix string) bool {
 }
 
 func (d *fuzzDialer) Dial(ctx context.Context, _, address string) (io.ReadWriteCloser, error) {
-	late := d.connect.Load() && d.lateForward(address)
+	d.mu.Lock()
+	connect := d.connect.Load()
+	late := connect && d.lateForward(address)
 	if !late {
 		d.Dialed(address)
 	}
-	if late || !d.connect.Load() {
+	d.mu.Unlock()
+	if late || !connect {
 		var nd net.Dialer
 		c, err := nd.DialContext(ctx, "tcp", d.backend)
 		if err != nil {
