@@ -96,15 +96,17 @@ type node struct {
 	targets targets
 }
 
-// twoNodes starts the two kinds of agent: one speaking the per-connection
-// stream extension, and an "upstream-style" one with --conn-streams=false
-// that speaks only the single-stream konnectivity protocol.
+// twoNodes starts the two kinds of agent: one with the defaults, which
+// speaks the mux extension (every connection on one stream, each with its
+// own window), and an "upstream-style" one with --conn-streams=false that
+// speaks only the single-stream konnectivity protocol. (The third, one
+// gRPC stream per connection, is covered in pkg/server's tests.)
 func twoNodes(t *testing.T, e *env) []node {
 	t.Helper()
 	streams := e.addAgent(t, harness.AgentOptions{Name: "edge-streams", IPv4: "127.0.0.1"})
 	single := e.addAgent(t, harness.AgentOptions{Name: "edge-single", IPv4: "127.0.0.2", SingleStream: true})
 	return []node{
-		{"conn-streams agent", streams, startTargets(t, "127.0.0.1")},
+		{"mux agent", streams, startTargets(t, "127.0.0.1")},
 		{"upstream-style agent", single, startTargets(t, "127.0.0.2")},
 	}
 }
@@ -137,8 +139,8 @@ func TestKonnectivityClient(t *testing.T) {
 	e := newEnv(t)
 	nodes := twoNodes(t, e)
 
-	if v := metric(t, e.srv.Metric, "edge_tunnel_server_agent_connections", `mode="conn-streams"`); v != 1 {
-		t.Errorf("server counts %v conn-streams agent connections, want 1", v)
+	if v := metric(t, e.srv.Metric, "edge_tunnel_server_agent_connections", `mode="mux"`); v != 1 {
+		t.Errorf("server counts %v mux agent connections, want 1", v)
 	}
 	if v := metric(t, e.srv.Metric, "edge_tunnel_server_agent_connections", `mode="single-stream"`); v != 1 {
 		t.Errorf("server counts %v single-stream agent connections, want 1 (the --conn-streams=false agent)", v)

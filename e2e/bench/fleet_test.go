@@ -71,6 +71,7 @@ func startFleet(addr string, tlsCfg *tls.Config, count, concurrency int, timeout
 			AgentID:     name,
 			Identifiers: ids,
 			ConnStreams: true,
+			Mux:         true,
 			Registry:    reg,
 		})
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,7 +149,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.cfg.ServerCounter.Run(ctx)
 	}
 	a.log.Info("edge-tunnel-agent starting", "server", a.cfg.ServerAddr, "identifiers", a.cfg.Identifiers.String(),
-		"connStreams", a.cfg.ConnStreams, "countServerLeases", a.cfg.ServerCounter != nil)
+		"mux", a.cfg.Mux, "connStreams", a.cfg.ConnStreams, "countServerLeases", a.cfg.ServerCounter != nil)
 	backoff := a.cfg.SyncInterval
 	var lastProbe time.Time
 	for ctx.Err() == nil {
@@ -256,11 +257,14 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		a.m.ConnectErrors.WithLabelValues("config").Inc()
 		return fmt.Errorf("creating the gRPC client for %s: %w", a.cfg.ServerAddr, err)
 	}
-	features := ""
-	if a.cfg.ConnStreams {
-		features = agentpb.FeatureConnStreams
+	var features []string
+	if a.cfg.Mux {
+		features = append(features, agentpb.FeatureMux)
 	}
-	md := metadata.Pairs(agentpb.AgentIDKey, a.cfg.AgentID, agentpb.AgentIdentifiersKey, a.cfg.Identifiers.String(), agentpb.FeaturesKey, features)
+	if a.cfg.ConnStreams {
+		features = append(features, agentpb.FeatureConnStreams)
+	}
+	md := metadata.Pairs(agentpb.AgentIDKey, a.cfg.AgentID, agentpb.AgentIdentifiersKey, a.cfg.Identifiers.String(), agentpb.FeaturesKey, strings.Join(features, ","))
 	if a.cfg.TokenFile != "" {
 		token, err := ReadToken(a.cfg.TokenFile)
 		if err != nil {
@@ -298,10 +302,19 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		a.m.ConnectErrors.WithLabelValues("handshake").Inc()
 		return fmt.Errorf("server at %s sent a bad handshake (want one %s and one positive %s, got %q and %q)", a.cfg.ServerAddr, agentpb.ServerIDKey, agentpb.ServerCountKey, ids, counts)
 	}
+	offered := hdr.Get(agentpb.FeaturesKey)
 	sc := &serverConn{a: a, serverID: ids[0], cc: cc, stream: stream,
-		connStreams: a.cfg.ConnStreams && agentpb.HasFeature(hdr.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams),
+		connStreams: a.cfg.ConnStreams && agentpb.HasFeature(offered, agentpb.FeatureConnStreams),
 		log:         a.log.WithValues("serverID", ids[0]),
 		dials:       map[int64]context.CancelFunc{}, conns: map[int64]*tunnel.PacketConn{}}
+	if a.cfg.Mux && agentpb.HasFeature(offered, agentpb.FeatureMux) {
+		if err := sc.openMux(cancel); err != nil {
+			cancel()
+			cc.Close()
+			a.m.ConnectErrors.WithLabelValues("connect").Inc()
+			return fmt.Errorf("opening the mux stream to server %s at %s: %w", sc.serverID, a.cfg.ServerAddr, err)
+		}
+	}
 
 	live := agentpb.HasFeature(hdr.Get(agentpb.FeaturesKey), agentpb.FeatureLiveCount)
 	a.mu.Lock()
@@ -314,11 +327,12 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 	a.mu.Unlock()
 	if dup {
 		cancel()
+		sc.closeMux()
 		cc.Close()
 		return fmt.Errorf("the load balancer chose server %s again, which this agent is already connected to", sc.serverID)
 	}
 	a.m.ServerConnections.Inc()
-	sc.log.Info("Connected to server", "serverCount", count, "connStreams", sc.connStreams)
+	sc.log.Info("Connected to server", "serverCount", count, "mode", sc.mode())
 	go func() {
 		err := sc.serve()
 		cancel()

@@ -51,6 +51,10 @@ type Config struct {
 	// ConnStreams announces the per-connection stream extension. Off, the
 	// agent speaks the plain upstream konnectivity protocol.
 	ConnStreams bool
+	// Mux announces the multiplexed extension (every connection on one
+	// MuxService stream, each with its own window), which wins over
+	// ConnStreams when the server offers both.
+	Mux bool
 
 	// ServerCounter, when set, counts the server replicas from their
 	// Leases (--count-server-leases): the agent holds that many once it

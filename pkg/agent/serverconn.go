@@ -33,6 +33,11 @@ type serverConn struct {
 	connStreams bool
 	log         klog.Logger
 
+	// With the mux feature every connection rides on mux (openMux).
+	mux       *tunnel.Mux
+	muxCancel context.CancelFunc
+	muxDone   chan struct{} // closed when mux.Serve returned
+
 	sendMu sync.Mutex
 
 	mu     sync.Mutex
@@ -64,8 +69,58 @@ func (sc *serverConn) serve() error {
 		c.Abort(gone)
 	}
 	sc.wg.Wait()
+	sc.closeMux()
 	sc.cc.Close()
 	return err
+}
+
+// mode names the protocol this connection speaks, for logs.
+func (sc *serverConn) mode() string {
+	switch {
+	case sc.mux != nil:
+		return agentpb.FeatureMux
+	case sc.connStreams:
+		return agentpb.FeatureConnStreams
+	}
+	return "single-stream"
+}
+
+// openMux opens the MuxService stream that carries this server
+// connection's tunneled connections. It lives with the agent's connection
+// lifetime, not the control stream's (during a drain, open connections
+// outlive the control stream), until serve is done with it. Should it
+// break while the control stream is up, stopControl ends that too, and the
+// agent reconnects: without its mux the connection cannot answer dials.
+func (sc *serverConn) openMux(stopControl context.CancelFunc) error {
+	ctx, cancel := context.WithCancel(sc.a.connCtx)
+	ctx = metadata.AppendToOutgoingContext(ctx, agentpb.AgentIDKey, sc.a.cfg.AgentID)
+	ms, err := agentpb.NewMuxServiceClient(sc.cc).Mux(ctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	sc.mux = tunnel.NewMux(ms, tunnel.MuxOptions{OnBadFrame: func(err error) {
+		sc.log.Info("Dropping a bad frame from the server's mux stream", "err", err)
+	}})
+	sc.muxCancel, sc.muxDone = cancel, make(chan struct{})
+	go func() {
+		defer close(sc.muxDone)
+		err := sc.mux.Serve()
+		if ctx.Err() == nil {
+			sc.log.Info("The mux stream to the server ended; reconnecting", "err", err)
+			stopControl()
+		}
+	}()
+	return nil
+}
+
+// closeMux ends the mux stream once no connection uses it.
+func (sc *serverConn) closeMux() {
+	if sc.mux == nil {
+		return
+	}
+	sc.muxCancel()
+	<-sc.muxDone
 }
 
 func (sc *serverConn) recvLoop() error {
@@ -136,7 +191,8 @@ func (sc *serverConn) onDial(r *client.DialRequest) {
 }
 
 // dial dials one target and, on success, carries the connection until it
-// ends: on its own ConnService stream, or on the control stream.
+// ends: on the mux stream, on its own ConnService stream, or on the
+// control stream.
 func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *client.DialRequest) {
 	defer sc.wg.Done()
 	defer sc.a.open.Add(-1)
@@ -172,9 +228,12 @@ func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *cl
 	m.Dials.WithLabelValues("ok").Inc()
 
 	var up io.ReadWriteCloser
-	if sc.connStreams {
+	switch {
+	case sc.mux != nil:
+		up, err = sc.mux.Open(r.Random)
+	case sc.connStreams:
 		up, err = sc.openConnStream(r.Random)
-	} else {
+	default:
 		up = sc.newPacketConn(r.Random)
 	}
 	if err != nil {

@@ -196,9 +196,25 @@ func (ps *proxyStream) dial(ctx context.Context, cancel context.CancelFunc, r *c
 }
 
 // pump copies backend bytes to the client as DATA packets, then sends the
-// connection's single CLOSE_RSP.
+// connection's single CLOSE_RSP. A backend that pushes its bytes (a mux
+// connection) does so from goroutines of its own, which run only while
+// bytes are there: the dial's goroutine then ends, and an idle tunnel has
+// none waiting.
 func (ps *proxyStream) pump(id int64, conn io.ReadWriteCloser) {
-	_, err := tunnel.Copy(&dataWriter{ps: ps, id: id}, conn)
+	w := &dataWriter{ps: ps, id: id}
+	if p, ok := conn.(tunnel.Pusher); ok {
+		ps.wg.Add(1)
+		if p.PushTo(w, func(_ int64, err error) { defer ps.wg.Done(); ps.pumped(id, err) }) {
+			return
+		}
+		ps.wg.Done()
+	}
+	_, err := tunnel.Copy(w, conn)
+	ps.pumped(id, err)
+}
+
+// pumped ends connection id after its backend ended with err.
+func (ps *proxyStream) pumped(id int64, err error) {
 	ps.mu.Lock()
 	byClient := ps.conns[id] != nil && ps.conns[id].byClient
 	ps.mu.Unlock()

@@ -29,6 +29,7 @@ const (
 	ResultTimeout   = "timeout"
 	ResultCancelled = "cancelled"
 
+	ModeMux          = "mux"
 	ModeConnStreams  = "conn-streams"
 	ModeSingleStream = "single-stream"
 
@@ -53,7 +54,7 @@ var (
 	routes           = []string{RouteAgent, RouteDirect, RouteNone}
 	serverResults    = []string{ResultOK, ResultRefused, ResultError, ResultTimeout, ResultCancelled}
 	agentResults     = []string{ResultOK, ResultRefused, ResultError, ResultCancelled}
-	modes            = []string{ModeConnStreams, ModeSingleStream}
+	modes            = []string{ModeMux, ModeConnStreams, ModeSingleStream}
 	serverDirections = []string{DirectionToAgent, DirectionFromAgent}
 	agentDirections  = []string{DirectionToServer, DirectionFromServer}
 	refusalReasons   = []string{RefusedDirectDial, RefusedAgentPendingDials, RefusedClientPendingDials, RefusedClientConnections, RefusedProxyAuth,

@@ -34,7 +34,7 @@ func TestServerNames(t *testing.T) {
 		"edge_tunnel_server_dial_duration_seconds":            3 * 3,
 		"edge_tunnel_server_open_connections":                 3,
 		"edge_tunnel_server_connected_agents":                 1,
-		"edge_tunnel_server_agent_connections":                2,
+		"edge_tunnel_server_agent_connections":                3,
 		"edge_tunnel_server_bytes_total":                      2,
 		"edge_tunnel_server_stalled_connections_closed_total": 1,
 		"edge_tunnel_server_bad_packets_total":                1,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"google.golang.org/grpc"
@@ -23,10 +24,12 @@ import (
 )
 
 // agentService serves AgentService.Connect (one control stream per agent
+// connection), MuxService.Mux (every tunneled connection of an agent
 // connection) and ConnService.Conn (one stream per tunneled connection).
 type agentService struct {
 	agentpb.UnimplementedAgentServiceServer
 	agentpb.UnimplementedConnServiceServer
+	agentpb.UnimplementedMuxServiceServer
 
 	serverID string
 	// serverCount is the count announced now: --server-count, or with
@@ -34,6 +37,7 @@ type agentService struct {
 	serverCount func() int
 	liveCount   bool
 	connStreams bool
+	mux         bool
 	maxPending  int               // per agent; 0: no bound
 	identity    *agentauth.Binder // nil: claims are not checked
 	agents      *registry
@@ -78,9 +82,17 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 	if err := a.checkIdentity(ctx, p, md, id, idents); err != nil {
 		return err
 	}
-	connStreams := a.connStreams && agentpb.HasFeature(md.Get(agentpb.FeaturesKey), agentpb.FeatureConnStreams)
+	features := md.Get(agentpb.FeaturesKey)
+	mode := metrics.ModeSingleStream
+	switch {
+	case a.mux && agentpb.HasFeature(features, agentpb.FeatureMux):
+		mode = metrics.ModeMux
+	case a.connStreams && agentpb.HasFeature(features, agentpb.FeatureConnStreams):
+		mode = metrics.ModeConnStreams
+	}
+	connStreams := mode != metrics.ModeSingleStream
 
-	if err := stream.SendHeader(a.handshake(a.connStreams)); err != nil {
+	if err := stream.SendHeader(a.handshake(true)); err != nil {
 		return status.Errorf(codes.Unavailable, "edge-tunnel-server: sending the handshake header to agent %s: %v", id, err)
 	}
 
@@ -96,10 +108,6 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 		conns:       map[int64]*tunnel.PacketConn{},
 	}
 	s.log = a.log.WithValues("agentID", id, "peer", s.peerAddr)
-	mode := "single-stream"
-	if connStreams {
-		mode = agentpb.FeatureConnStreams
-	}
 	a.agents.add(s)
 	a.m.AgentStreams.WithLabelValues(mode).Inc()
 	s.log.Info("Agent connected", "identifiers", idents.String(), "mode", mode)
@@ -111,10 +119,13 @@ func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, cl
 }
 
 // handshake is the response header of Connect: serverID, serverCount and
-// the features this server offers.
-func (a *agentService) handshake(connStreams bool) metadata.MD {
+// (unless it answers a count probe) the features this server offers.
+func (a *agentService) handshake(features bool) metadata.MD {
 	hdr := metadata.Pairs(agentpb.ServerIDKey, a.serverID, agentpb.ServerCountKey, strconv.Itoa(a.serverCount()))
-	if connStreams {
+	if features && a.mux {
+		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureMux)
+	}
+	if features && a.connStreams {
 		hdr.Append(agentpb.FeaturesKey, agentpb.FeatureConnStreams)
 	}
 	if a.liveCount {
@@ -143,6 +154,43 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 		return status.Errorf(codes.NotFound, "edge-tunnel-server: dial %d is not pending (cancelled or timed out); close the connection", dialID)
 	}
 	conn.Serve(ctx)
+	return nil
+}
+
+// Mux serves the stream that carries every tunneled connection of one
+// agent connection. An open frame answers a dial: it is matched, when it
+// comes, with the pending dials of the agent's control stream on the same
+// HTTP/2 connection (that stream proved the agent's identity; the agent
+// opens its mux right after the handshake, possibly before the server has
+// registered the control stream, so the match is made per open frame).
+func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentpb.Frame]) error {
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	id := first(md.Get(agentpb.AgentIDKey))
+	if id == "" {
+		return status.Errorf(codes.InvalidArgument, "edge-tunnel-server: a mux stream needs %q in its metadata", agentpb.AgentIDKey)
+	}
+	p, _ := peer.FromContext(ctx)
+	addr := peerAddr(p)
+	log := a.log.WithValues("agentID", id, "peer", addr)
+	m := tunnel.NewMux(stream, tunnel.MuxOptions{
+		OnOpen: func(c *tunnel.MuxConn) error {
+			s := a.agents.session(id, addr)
+			if s == nil {
+				return fmt.Errorf("edge-tunnel-server: agent %s has no control stream on this connection; open AgentService.Connect first", id)
+			}
+			if !s.resolve(c.ID(), dialResult{conn: c}) {
+				return fmt.Errorf("edge-tunnel-server: dial %d is not pending (cancelled or timed out); close the connection", c.ID())
+			}
+			return nil
+		},
+		OnBadFrame: func(err error) {
+			log.Info("Dropping a bad frame from the agent's mux stream", "err", err)
+		},
+	})
+	if err := m.Serve(); err != nil && ctx.Err() == nil {
+		return status.Errorf(codes.Unavailable, "edge-tunnel-server: mux stream of agent %s: %v", id, err)
+	}
 	return nil
 }
 

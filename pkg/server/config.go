@@ -104,6 +104,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// ConnStreams announces the per-connection stream extension to agents.
 	ConnStreams bool
+	// Mux announces the multiplexed extension (MuxService), which agents
+	// that know it prefer to ConnStreams.
+	Mux bool
 
 	// Ports is the edge-node port policy to start with; nil means the
 	// defaults (kubelet's ports only). A ports source replaces it live.

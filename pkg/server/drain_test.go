@@ -24,7 +24,7 @@ func TestDrainMovesNewDialsToOtherAgents(t *testing.T) {
 	}
 	start := func(id string) context.CancelFunc {
 		a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: id, Identifiers: ids,
-			SyncInterval: 100 * time.Millisecond, DrainGrace: 5 * time.Second, ConnStreams: true})
+			SyncInterval: 100 * time.Millisecond, DrainGrace: 5 * time.Second, ConnStreams: true, Mux: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +78,7 @@ func TestDepartedAgentRefusedAtOnce(t *testing.T) {
 	e := newEnv(t, envOptions{connStreams: true, directDial: true})
 	ids, _ := identity.Parse("host=node-x&ipv4=127.0.0.5")
 	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.agentTLS, AgentID: "node-x", Identifiers: ids,
-		SyncInterval: 100 * time.Millisecond, ConnStreams: true})
+		SyncInterval: 100 * time.Millisecond, ConnStreams: true, Mux: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,8 @@ type env struct {
 }
 
 type envOptions struct {
-	connStreams bool // server side
+	connStreams bool // server side: offer the extensions (mux and conn-streams)
+	noMux       bool // server side: offer conn-streams only
 	directDial  bool
 	registry    *prometheus.Registry // server metrics; nil means a private registry
 	serverCount int                  // announced to agents; 0 means 1
@@ -111,6 +112,7 @@ func (e *env) startServer(t testing.TB, id string, reg *prometheus.Registry) {
 		UDSName: e.uds, FrontendAddr: "127.0.0.1:0", FrontendTLS: e.srvTLS,
 		AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS, ServerID: id, ServerCount: max(1, e.opts.serverCount),
 		DialTimeout: 5 * time.Second, ShutdownGrace: time.Second, DirectDial: e.opts.directDial, ConnStreams: e.opts.connStreams,
+		Mux:      e.opts.connStreams && !e.opts.noMux,
 		Registry: reg, Ports: testPorts, PortsFile: e.opts.portsFile, AgentIdentity: e.opts.agentIdentity,
 	}
 	if e.opts.configure != nil {
@@ -145,7 +147,7 @@ func startAgent(t testing.TB, e *env, name string, connStreams bool, reg *promet
 		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: e.nodeTLS(t, "system:node:"+name, addrs...), AgentID: name,
-		Identifiers: ids, SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Registry: reg})
+		Identifiers: ids, SyncInterval: 100 * time.Millisecond, DrainGrace: time.Second, ConnStreams: connStreams, Mux: connStreams, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

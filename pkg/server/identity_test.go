@@ -79,7 +79,7 @@ func TestRogueAgentIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	rogue, err := agent.New(agent.Config{ServerAddr: e.agentAdr, TLS: rogueTLS, AgentID: "node-b", Identifiers: ids,
-		SyncInterval: 20 * time.Millisecond, SyncIntervalCap: 50 * time.Millisecond, ConnStreams: true, Registry: regRogue})
+		SyncInterval: 20 * time.Millisecond, SyncIntervalCap: 50 * time.Millisecond, ConnStreams: true, Mux: true, Registry: regRogue})
 	if err != nil {
 		t.Fatal(err)
 	}

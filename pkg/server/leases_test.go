@@ -45,7 +45,7 @@ func TestServerCountFollowsLeases(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	a, err := agent.New(agent.Config{ServerAddr: lb.addr(), TLS: e.nodeTLS(t, "system:node:node-a", "127.0.0.1"), AgentID: "node-a",
-		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true, Registry: reg})
+		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true, Mux: true, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func startLeaseReplica(t *testing.T, e *env, id string, lc *leases.Config) (addr
 	t.Helper()
 	srv, err := server.New(server.Config{
 		UDSName: filepath.Join(e.dir, "lease-"+id+".sock"), AgentAddr: "127.0.0.1:0", AgentTLS: e.srvTLS,
-		ServerID: id, ServerCount: 1, ShutdownGrace: time.Second, ConnStreams: true, Ports: testPorts, Leases: lc,
+		ServerID: id, ServerCount: 1, ShutdownGrace: time.Second, ConnStreams: true, Mux: true, Ports: testPorts, Leases: lc,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +149,7 @@ func TestAgentCountsLeases(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	a, err := agent.New(agent.Config{ServerAddr: lb.addr(), TLS: e.nodeTLS(t, "system:node:node-a", "127.0.0.1"), AgentID: "node-a",
-		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true,
+		Identifiers: ids, SyncInterval: 50 * time.Millisecond, SyncIntervalCap: 300 * time.Millisecond, ConnStreams: true, Mux: true,
 		Registry: reg, ServerCounter: counter})
 	if err != nil {
 		t.Fatal(err)

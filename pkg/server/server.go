@@ -213,10 +213,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	svc := &agentService{serverID: s.cfg.ServerID, serverCount: serverCount, liveCount: runLeases != nil, connStreams: s.cfg.ConnStreams,
-		maxPending: s.cfg.MaxPendingDialsPerAgent,
-		identity:   s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
+		mux: s.cfg.Mux, maxPending: s.cfg.MaxPendingDialsPerAgent,
+		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
 	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
 	agentpb.RegisterConnServiceServer(agentGRPC, svc)
+	agentpb.RegisterMuxServiceServer(agentGRPC, svc)
 
 	var wg sync.WaitGroup
 	goServe := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
@@ -256,7 +257,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("edge-tunnel-server is serving", "uds", s.cfg.UDSName, "frontend", s.cfg.FrontendAddr,
 		"agentPort", agentLn.Addr().String(), "proxy", s.cfg.ProxyAddr, "health", s.cfg.HealthAddr, "serverCount", s.cfg.ServerCount,
-		"directDial", s.cfg.DirectDial, "connStreams", s.cfg.ConnStreams, "agentIdentity", identityMode(s.cfg.AgentIdentity))
+		"directDial", s.cfg.DirectDial, "mux", s.cfg.Mux, "connStreams", s.cfg.ConnStreams, "agentIdentity", identityMode(s.cfg.AgentIdentity))
 	s.ready.Store(true)
 
 	<-ctx.Done()

@@ -42,16 +42,16 @@ func stallAndDownload(t testing.TB, dial dialFunc, size int64) time.Duration {
 
 // TestStalledReaderDoesNotStallOthers: a connection whose client reads
 // nothing must not hold up another connection through the same agent, in
-// every frontend and in both agent protocols. (The throughput ratio is
+// every frontend and in every agent protocol. (The throughput ratio is
 // measured by BenchmarkStalledReader; this test checks that it completes.)
 func TestStalledReaderDoesNotStallOthers(t *testing.T) {
-	for _, connStreams := range []bool{true, false} {
-		e := newEnv(t, envOptions{connStreams: true})
-		name := "node-conn-streams"
-		if !connStreams {
-			name = "node-single-stream"
-		}
-		e.addAgent(t, name, connStreams, "127.0.0.1")
+	for _, mode := range []struct {
+		name       string
+		ext, noMux bool
+	}{{"node-mux", true, false}, {"node-conn-streams", true, true}, {"node-single-stream", false, false}} {
+		e := newEnv(t, envOptions{connStreams: true, noMux: mode.noMux})
+		name := mode.name
+		e.addAgent(t, name, mode.ext, "127.0.0.1")
 		dialers := benchDialers(t, e, byteServer(t))
 		for _, fe := range []string{"grpc", "connect"} {
 			t.Run(name+"/"+fe, func(t *testing.T) {

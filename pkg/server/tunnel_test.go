@@ -45,9 +45,10 @@ func TestGRPCFrontendEcho(t *testing.T) {
 	for _, mode := range []struct {
 		name          string
 		server, agent bool
-	}{{"conn-streams", true, true}, {"single-stream agent", true, false}, {"single-stream server", false, true}} {
+		noMux         bool
+	}{{"mux", true, true, false}, {"conn-streams", true, true, true}, {"single-stream agent", true, false, false}, {"single-stream server", false, true, false}} {
 		t.Run(mode.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{connStreams: mode.server})
+			e := newEnv(t, envOptions{connStreams: mode.server, noMux: mode.noMux})
 			e.addAgent(t, "node-a", mode.agent, "127.0.0.1")
 			target := echoServer(t)
 			for i := 0; i < 3; i++ {

@@ -16,8 +16,9 @@ import (
 // bytes live:
 //   - every message is marshalled into GRPCBufferPool, which does not clear
 //     buffers (gRPC's proto codec always uses its own clearing pool);
-//   - a Chunk received into a *chunkBufs is not copied out of gRPC's receive
-//     buffers: the reader consumes them in place and frees them.
+//   - a Chunk received into a *chunkBufs, and the data of a Frame a Mux
+//     receives, are not copied out of gRPC's receive buffers: the reader
+//     consumes them in place and frees them.
 //
 // Install it with grpc.ForceServerCodecV2 and grpc.ForceCodecV2.
 var Codec encoding.CodecV2 = codec{}
@@ -70,6 +71,8 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	case *chunkBufs:
 		return t.take(data)
 	case *RecvPacket:
+		return t.take(data)
+	case *muxFrame:
 		return t.take(data)
 	}
 	m, ok := v.(proto.Message)

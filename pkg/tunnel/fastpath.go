@@ -8,9 +8,10 @@ import (
 	"google.golang.org/grpc/mem"
 )
 
-// The zero-copy paths of a tunneled connection. StreamConn implements all
-// three; wrappers that count or watch a connection implement them by
-// delegating (see Metered), so the fast path survives wrapping.
+// The zero-copy paths of a tunneled connection. StreamConn implements the
+// three below, MuxConn also Pusher (muxconn.go); wrappers that count or
+// watch a connection implement them by delegating (see Metered), so the
+// fast path survives wrapping.
 
 // ChunkSource is a connection whose received bytes can be written to w
 // without an intermediate buffer.
@@ -90,6 +91,11 @@ func (c *counted) ReadChunksFrom(r io.Reader) (int64, error) {
 		return Copy(plain{c}, r)
 	}
 	return s.ReadChunksFrom(&countReader{r: r, fn: c.out})
+}
+
+func (c *counted) PushTo(w io.Writer, done func(n int64, err error)) bool {
+	p, ok := c.ReadWriteCloser.(Pusher)
+	return ok && p.PushTo(countWrites(w, c.in), done)
 }
 
 func (c *counted) SendBuffers(bufs mem.BufferSlice) error {

@@ -37,6 +37,27 @@ func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
 		}
 		errMu.Unlock()
 	}
+	if p, ok := b.(Pusher); ok {
+		// b hands its bytes to a from goroutines of its own, started only
+		// while there are bytes: this goroutine copies a to b, and an idle
+		// connection has no second goroutine.
+		wg.Add(1)
+		pushed := p.PushTo(a, func(n int64, e error) {
+			bToA = n
+			record(e)
+			closeBoth()
+			wg.Done()
+		})
+		if pushed {
+			n, e := Copy(b, a)
+			aToB = n
+			record(e)
+			closeBoth()
+			wg.Wait()
+			return aToB, bToA, firstErr
+		}
+		wg.Done()
+	}
 	wg.Add(1)
 	toB := func() {
 		defer wg.Done()

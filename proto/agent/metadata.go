@@ -6,7 +6,7 @@ import "strings"
 // ServerIDKey and ServerCountKey are upstream konnectivity's (gRPC lowercases
 // them on the wire); the others are edge-tunnel's.
 const (
-	// AgentIDKey: exactly one, sent by the agent on Connect and on Conn.
+	// AgentIDKey: exactly one, sent by the agent on Connect, Conn and Mux.
 	AgentIDKey = "agentID"
 	// AgentIdentifiersKey: at most one, URL-query encoded
 	// (host=NAME&ipv4=A&ipv6=B&cidr=C&default-route=true).
@@ -24,6 +24,10 @@ const (
 
 	// FeatureConnStreams: one ConnService stream per tunneled connection.
 	FeatureConnStreams = "conn-streams"
+	// FeatureMux: every tunneled connection on one MuxService stream, with
+	// per-connection windows. Preferred over FeatureConnStreams when both
+	// sides name both.
+	FeatureMux = "mux"
 
 	// FeatureLiveCount, offered by the server only: its serverCount follows
 	// the replicas alive now (their Leases), so it may change while an

@@ -58,6 +58,7 @@ type Options struct {
 	SyncIntervalCap         time.Duration
 	KeepaliveTime           time.Duration
 	ConnStreams             bool
+	Mux                     bool
 	// TLS is the protocol floor and TLS 1.2 cipher suites of the
 	// connection to the server.
 	TLS tlsutil.Flags
@@ -106,6 +107,7 @@ func NewOptions() *Options {
 		SyncIntervalCap:    10 * time.Second,
 		KeepaliveTime:      15 * time.Second,
 		ConnStreams:        true,
+		Mux:                true,
 		LeaseNamespace:     leases.DefaultNamespace,
 		LeaseLabelSelector: leases.Selector(),
 		DialTimeout:        5 * time.Second,
@@ -136,6 +138,8 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to the server when the connection is quiet; a dead connection is noticed about 1.5 times this after the last packet, and the agent then reconnects.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Use one gRPC stream per tunneled connection when the server offers it, so that a slow reader stalls only its own connection. false speaks the single-stream upstream konnectivity protocol.")
 	fs.MarkHidden("conn-streams")
+	fs.BoolVar(&o.Mux, "mux", o.Mux, "Carry every tunneled connection on one gRPC stream per server connection, each with a flow-control window of its own, when the server offers it; it wins over --conn-streams. false falls back to --conn-streams; --conn-streams=false turns both off (the plain upstream protocol).")
+	fs.MarkHidden("mux")
 	o.TLS.AddFlags(fs, "the connection to the server")
 	fs.String("server-count-source", "", "")
 	fs.MarkDeprecated("server-count-source", "ignored: the agent follows its own Lease count with --count-server-leases, else the count the servers announced last, which with --enable-lease-controller on the servers is the number of live replicas.")
@@ -305,6 +309,7 @@ func (o *Options) Config() (agent.Config, error) {
 		DialTimeout:     o.DialTimeout,
 		DrainGrace:      o.DrainGrace,
 		ConnStreams:     o.ConnStreams,
+		Mux:             o.Mux && o.ConnStreams,
 	}, nil
 }
 

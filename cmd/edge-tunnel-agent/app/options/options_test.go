@@ -40,6 +40,7 @@ func TestDefaults(t *testing.T) {
 		"DialTimeout":       o.DialTimeout == 5*time.Second,
 		"DrainGrace":        o.DrainGrace == 20*time.Second,
 		"ConnStreams":       o.ConnStreams,
+		"Mux":               o.Mux,
 		"AllowedCIDRs":      len(o.AllowedCIDRs) == 0,
 		"Logging.Format":    o.Logging.Format == "text",
 	}
@@ -191,6 +192,7 @@ func TestConfig(t *testing.T) {
 		{"DialTimeout", cfg.DialTimeout, 3 * time.Second},
 		{"DrainGrace", cfg.DrainGrace, time.Duration(0)},
 		{"ConnStreams", cfg.ConnStreams, false},
+		{"Mux (off with --conn-streams=false)", cfg.Mux, false},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -55,6 +55,7 @@ type Options struct {
 	ServerCount      int
 	KeepaliveTime    time.Duration
 	ConnStreams      bool
+	Mux              bool
 	// AgentIdentity is how an agent's claimed node is checked: a
 	// comma-separated list of agentauth.ModeCertificate and ModeToken, or
 	// ModeNone; empty means certificate when ClusterCACert is set, plus
@@ -139,6 +140,7 @@ func NewOptions() *Options {
 		ServerCount:          1,
 		KeepaliveTime:        10 * time.Second,
 		ConnStreams:          true,
+		Mux:                  true,
 		DialTimeout:          10 * time.Second,
 		DirectDial:           true,
 		ProxyBindAddress:     "127.0.0.1",
@@ -185,6 +187,8 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.DurationVar(&o.KeepaliveTime, "keepalive-time", o.KeepaliveTime, "Interval of gRPC keepalive pings to agents when a connection is quiet; an agent that vanished (a network cut) is noticed about 1.5 times this after its last packet, and its pending dials fail then.")
 	fs.BoolVar(&o.ConnStreams, "conn-streams", o.ConnStreams, "Offer agents one gRPC stream per tunneled connection, so that a slow reader stalls only its own connection. Agents that do not support it (upstream konnectivity-agent) fall back to the single-stream protocol either way; false forces the single-stream protocol for all agents.")
 	fs.MarkHidden("conn-streams")
+	fs.BoolVar(&o.Mux, "mux", o.Mux, "Offer agents to carry every tunneled connection on one gRPC stream per agent connection, each with a flow-control window of its own; agents that take it use it instead of --conn-streams. false stops offering it; --conn-streams=false turns both off.")
+	fs.MarkHidden("mux")
 	fs.StringVar(&o.AgentIdentity, "agent-identity", o.AgentIdentity, "How the server checks the node an agent claims. certificate: the agent's client certificate must prove its --agent-id and every identifier it announces: node names from a common name system:node:NAME, else from its DNS SANs; addresses as IP SANs or, with API access (--kubeconfig or in a pod), as addresses of that Node object (needs get on nodes). token: the agent sends a ServiceAccount token bound to its pod (agent flag --service-account-token-path); kube-apiserver checks it (TokenReview for --authentication-audience, needs create on tokenreviews), it must belong to --agent-namespace/--agent-service-account, and it proves the node the pod runs on (needs get on pods and nodes); agent ID and host= must be that node's name, ipv4=/ipv6= its addresses. certificate,token: an agent that sends a token is checked by its token, any other by its certificate, which is then optional on the TLS handshake (for a migration, or a mix of agents). A claim the credential does not prove is refused with PermissionDenied, a missing or rejected token with Unauthenticated. none: any agent that passes TLS may claim any node. Default: certificate when --cluster-ca-cert is set, plus token when --agent-service-account is set, else none.")
 	fs.BoolVar(&o.AgentIdentityAllowNetworks, "agent-identity-allow-networks", o.AgentIdentityAllowNetworks, "With --agent-identity=certificate, accept the cidr= and default-route= identifiers, which no certificate can prove: any authenticated agent may then receive dials for the networks it names.")
 	fs.StringVar(&o.AuthenticationAudience, "authentication-audience", o.AuthenticationAudience, "With --agent-identity=token, the audience agents' ServiceAccount tokens must carry (the audience of their projected token volume, e.g. edge-tunnel). A dedicated audience keeps the token useless against kube-apiserver itself.")
@@ -390,6 +394,7 @@ func (o *Options) Config() (server.Config, error) {
 		DialTimeout:   o.DialTimeout,
 		DirectDial:    o.DirectDial,
 		ConnStreams:   o.ConnStreams,
+		Mux:           o.Mux && o.ConnStreams,
 		PortsFile:     o.PortsConfig,
 	}
 	if o.ServerPort != 0 {

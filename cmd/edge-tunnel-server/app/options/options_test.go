@@ -41,6 +41,7 @@ func TestDefaults(t *testing.T) {
 		"DialTimeout":       o.DialTimeout == 10*time.Second,
 		"DirectDial":        o.DirectDial,
 		"ConnStreams":       o.ConnStreams,
+		"Mux":               o.Mux,
 		"PortsConfigMap":    o.PortsConfigMap == "kube-system/edge-tunnel-server-cfg",
 		"PortsConfig":       o.PortsConfig == "",
 		"Kubeconfig":        o.Kubeconfig == "",
@@ -219,6 +220,7 @@ func TestConfig(t *testing.T) {
 		{"DialTimeout", cfg.DialTimeout, 3 * time.Second},
 		{"DirectDial", cfg.DirectDial, false},
 		{"ConnStreams", cfg.ConnStreams, false},
+		{"Mux (off with --conn-streams=false)", cfg.Mux, false},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
