@@ -14,13 +14,17 @@ import (
 )
 
 // MuxWindow is how many bytes of one connection a Mux sender may have
-// outstanding: sent, and not yet granted back by the receiver's reader. It
-// bounds what a stalled reader holds, and is the connection's share of the
-// pipe while it moves data (like a per-stream HTTP/2 window).
+// outstanding: sent, and not yet granted back by the receiver. It is the
+// connection's share of the pipe while it moves data (like a per-stream
+// HTTP/2 window). The receiver grants bytes back when its writer takes
+// them from the queue, not when the write returns (as HTTP/2 returns a
+// window when the application reads a message, not when it is done with
+// it): the pipe then stays full while the writer writes, and a stalled
+// reader holds at most two windows, the queue and the write that blocks.
 const MuxWindow = 1 << 20
 
-// creditBatch is how much a reader consumes before granting it back: a
-// bulk transfer costs one credit frame per creditBatch bytes, and a sender
+// creditBatch is how much a reader takes before granting it back: a bulk
+// transfer costs one credit frame per creditBatch bytes, and a sender
 // whose reader keeps up never has less than MuxWindow-creditBatch to send.
 const creditBatch = MuxWindow / 4
 
@@ -132,8 +136,8 @@ func (m *Mux) handle(f *muxFrame) {
 			}
 			return
 		}
-		c = m.add(f.conn)
-		if c == nil {
+		var err error
+		if c, err = m.add(f.conn); err != nil {
 			f.data.release()
 			return
 		}
@@ -160,16 +164,20 @@ func (m *Mux) handle(f *muxFrame) {
 	}
 }
 
-func (m *Mux) add(id int64) *MuxConn {
+// add registers a new connection id.
+func (m *Mux) add(id int64) (*MuxConn, error) {
 	c := &MuxConn{m: m, id: id, credit: MuxWindow}
 	c.cond.L = &c.mu
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.ended != nil {
-		return nil
+	switch {
+	case m.ended != nil:
+		return nil, m.ended
+	case m.conns[id] != nil:
+		return nil, fmt.Errorf("tunnel: connection %d is already open on this mux stream", id)
 	}
 	m.conns[id] = c
-	return c
+	return c, nil
 }
 
 func (m *Mux) forget(c *MuxConn) {
@@ -182,19 +190,9 @@ func (m *Mux) forget(c *MuxConn) {
 
 // Open starts connection id (the dial it answers) with an open frame.
 func (m *Mux) Open(id int64) (*MuxConn, error) {
-	m.mu.Lock()
-	_, dup := m.conns[id]
-	ended := m.ended
-	m.mu.Unlock()
-	switch {
-	case ended != nil:
-		return nil, ended
-	case dup:
-		return nil, fmt.Errorf("tunnel: connection %d is already open on this mux stream", id)
-	}
-	c := m.add(id)
-	if c == nil {
-		return nil, ErrMuxEnded
+	c, err := m.add(id)
+	if err != nil {
+		return nil, err
 	}
 	if err := m.sendControl(&agentpb.Frame{Conn: id, Open: true}); err != nil {
 		m.forget(c)

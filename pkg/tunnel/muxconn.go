@@ -333,8 +333,10 @@ func (c *MuxConn) finishPushLocked(end error) {
 	done(n, end)
 }
 
-// waitCredit waits until this side may send, and returns how much.
-func (c *MuxConn) waitCredit() (int, error) {
+// reserve waits until this side may send and takes up to max bytes of
+// credit, which the caller sends or gives back (refund). Taking it under
+// the lock keeps writers that share the connection within the window.
+func (c *MuxConn) reserve(max int) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.credit <= 0 && !c.closed && c.peerEnd == nil {
@@ -346,27 +348,29 @@ func (c *MuxConn) waitCredit() (int, error) {
 	case c.peerEnd != nil:
 		return 0, io.ErrClosedPipe // no half-close: the connection is over
 	}
-	return c.credit, nil
+	n := min(max, c.credit)
+	c.credit -= n
+	return n, nil
 }
 
-func (c *MuxConn) spend(n int) {
-	c.mu.Lock()
-	c.credit -= n
-	c.mu.Unlock()
+// refund gives back reserved credit that was not sent.
+func (c *MuxConn) refund(n int) {
+	if n > 0 {
+		c.addCredit(n)
+	}
 }
 
 // Write sends p in data frames as credit allows. p is not retained.
 func (c *MuxConn) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
-		avail, err := c.waitCredit()
+		avail, err := c.reserve(min(len(p)-written, ChunkSize))
 		if err != nil {
 			return written, err
 		}
-		k := min(len(p)-written, avail, ChunkSize)
+		k := avail
 		bp := GRPCBufferPool.Get(k)
 		copy(*bp, p[written:written+k])
-		c.spend(k)
 		if err := c.m.sendData(c.id, mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, k); err != nil {
 			return written, err
 		}
@@ -385,16 +389,15 @@ func (c *MuxConn) ReadChunksFrom(r io.Reader) (int64, error) {
 		if size == smallSize {
 			WaitReadable(r)
 		}
-		avail, err := c.waitCredit()
+		rsize, err := c.reserve(size)
 		if err != nil {
 			return total, err
 		}
-		rsize := min(size, avail)
 		bp := GRPCBufferPool.Get(rsize)
 		n, rerr := r.Read(*bp)
+		c.refund(rsize - n)
 		if n > 0 {
 			*bp = (*bp)[:n]
-			c.spend(n)
 			if err := c.m.sendData(c.id, mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, n); err != nil {
 				return total, err
 			}
@@ -416,15 +419,14 @@ func (c *MuxConn) ReadChunksFrom(r io.Reader) (int64, error) {
 // allows. It owns bufs from the call on.
 func (c *MuxConn) SendBuffers(bufs mem.BufferSlice) error {
 	for len(bufs) > 0 {
-		avail, err := c.waitCredit()
+		avail, err := c.reserve(min(bufs.Len(), maxForward))
 		if err != nil {
 			bufs.Free()
 			return err
 		}
 		var part mem.BufferSlice
-		part, bufs = splitAt(bufs, min(avail, maxForward))
+		part, bufs = splitAt(bufs, avail)
 		n := part.Len()
-		c.spend(n)
 		if err := c.m.sendData(c.id, part, n); err != nil {
 			bufs.Free()
 			return err
