@@ -90,6 +90,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DrainGrace < 0 {
 		cfg.DrainGrace = 0
 	}
+	if cfg.MuxIdle <= 0 {
+		cfg.MuxIdle = DefaultMuxIdle
+	}
 	reg := cfg.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -308,12 +311,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		log:         a.log.WithValues("serverID", ids[0]),
 		dials:       map[int64]context.CancelFunc{}, conns: map[int64]*tunnel.PacketConn{}}
 	if a.cfg.Mux && agentpb.HasFeature(offered, agentpb.FeatureMux) {
-		if err := sc.openMux(cancel); err != nil {
-			cancel()
-			cc.Close()
-			a.m.ConnectErrors.WithLabelValues("connect").Inc()
-			return fmt.Errorf("opening the mux stream to server %s at %s: %w", sc.serverID, a.cfg.ServerAddr, err)
-		}
+		sc.useMux, sc.stopControl = true, cancel
 	}
 
 	live := agentpb.HasFeature(hdr.Get(agentpb.FeaturesKey), agentpb.FeatureLiveCount)
@@ -327,7 +325,6 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 	a.mu.Unlock()
 	if dup {
 		cancel()
-		sc.closeMux()
 		cc.Close()
 		return fmt.Errorf("the load balancer chose server %s again, which this agent is already connected to", sc.serverID)
 	}

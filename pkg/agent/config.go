@@ -55,6 +55,11 @@ type Config struct {
 	// MuxService stream, each with its own window), which wins over
 	// ConnStreams when the server offers both.
 	Mux bool
+	// MuxIdle is how long the agent keeps a mux stream that carries no
+	// connection before closing it (0: DefaultMuxIdle): an open one costs
+	// the server about 16 KB, which thousands of agents that tunnel
+	// something now and then should not hold for good.
+	MuxIdle time.Duration
 
 	// ServerCounter, when set, counts the server replicas from their
 	// Leases (--count-server-leases): the agent holds that many once it
@@ -65,6 +70,9 @@ type Config struct {
 	// Registry receives the agent's metrics; nil means a private registry.
 	Registry *prometheus.Registry
 }
+
+// DefaultMuxIdle is the default of Config.MuxIdle.
+const DefaultMuxIdle = time.Minute
 
 // ServerCounter counts the server replicas; *leases.Watcher is one.
 type ServerCounter interface {

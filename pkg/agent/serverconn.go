@@ -33,10 +33,15 @@ type serverConn struct {
 	connStreams bool
 	log         klog.Logger
 
-	// With the mux feature every connection rides on mux (openMux).
-	mux       *tunnel.Mux
-	muxCancel context.CancelFunc
-	muxDone   chan struct{} // closed when mux.Serve returned
+	// With the mux feature every connection rides on mux, which the
+	// first connection opens (getMux); stopControl ends the control stream.
+	useMux      bool
+	stopControl context.CancelFunc
+	muxMu       sync.Mutex
+	mux         *tunnel.Mux
+	muxCancel   context.CancelFunc
+	muxDone     chan struct{} // closed when mux.Serve returned
+	muxIdle     *time.Timer   // closes the mux when it carried nothing for MuxIdle
 
 	sendMu sync.Mutex
 
@@ -77,7 +82,7 @@ func (sc *serverConn) serve() error {
 // mode names the protocol this connection speaks, for logs.
 func (sc *serverConn) mode() string {
 	switch {
-	case sc.mux != nil:
+	case sc.useMux:
 		return agentpb.FeatureMux
 	case sc.connStreams:
 		return agentpb.FeatureConnStreams
@@ -85,42 +90,86 @@ func (sc *serverConn) mode() string {
 	return "single-stream"
 }
 
-// openMux opens the MuxService stream that carries this server
-// connection's tunneled connections. It lives with the agent's connection
-// lifetime, not the control stream's (during a drain, open connections
-// outlive the control stream), until serve is done with it. Should it
-// break while the control stream is up, stopControl ends that too, and the
-// agent reconnects: without its mux the connection cannot answer dials.
-func (sc *serverConn) openMux(stopControl context.CancelFunc) error {
-	ctx, cancel := context.WithCancel(sc.a.connCtx)
-	ctx = metadata.AppendToOutgoingContext(ctx, agentpb.AgentIDKey, sc.a.cfg.AgentID)
-	ms, err := agentpb.NewMuxServiceClient(sc.cc).Mux(ctx)
-	if err != nil {
-		cancel()
-		return err
-	}
-	sc.mux = tunnel.NewMux(ms, tunnel.MuxOptions{OnBadFrame: func(err error) {
-		sc.log.Info("Dropping a bad frame from the server's mux stream", "err", err)
-	}})
-	sc.muxCancel, sc.muxDone = cancel, make(chan struct{})
-	go func() {
-		defer close(sc.muxDone)
-		err := sc.mux.Serve()
-		if ctx.Err() == nil {
-			sc.log.Info("The mux stream to the server ended; reconnecting", "err", err)
-			stopControl()
+// openOnMux answers dial random with an open frame on the MuxService
+// stream that carries this server connection's tunneled connections. The
+// first connection opens the stream, and one that carried nothing for
+// MuxIdle is closed (closeIdleMux): an agent that tunnels nothing costs the
+// server no stream (with thousands of edge nodes, most are idle most of
+// the time). Opening under muxMu keeps that from racing.
+//
+// The stream lives with the agent's connection lifetime, not the control
+// stream's (during a drain, open connections outlive the control stream),
+// until serve or the idle timer is done with it. Should it break while the
+// control stream is up, the control stream ends too and the agent
+// reconnects: without its mux the connection cannot answer dials.
+func (sc *serverConn) openOnMux(random int64) (*tunnel.MuxConn, error) {
+	sc.muxMu.Lock()
+	defer sc.muxMu.Unlock()
+	if sc.mux == nil {
+		ctx, cancel := context.WithCancel(sc.a.connCtx)
+		ctx = metadata.AppendToOutgoingContext(ctx, agentpb.AgentIDKey, sc.a.cfg.AgentID)
+		ms, err := agentpb.NewMuxServiceClient(sc.cc).Mux(ctx)
+		if err != nil {
+			cancel()
+			sc.log.Info("Could not open the mux stream to the server; reconnecting", "err", err)
+			sc.stopControl()
+			return nil, fmt.Errorf("opening the mux stream to server %s: %w", sc.serverID, err)
 		}
-	}()
-	return nil
+		m := tunnel.NewMux(ms, tunnel.MuxOptions{OnBadFrame: func(err error) {
+			sc.log.Info("Dropping a bad frame from the server's mux stream", "err", err)
+		}})
+		done := make(chan struct{})
+		sc.mux, sc.muxCancel, sc.muxDone = m, cancel, done
+		go func() {
+			defer close(done)
+			err := m.Serve()
+			if ctx.Err() == nil {
+				sc.log.Info("The mux stream to the server ended; reconnecting", "err", err)
+				sc.stopControl()
+			}
+		}()
+	}
+	return sc.mux.Open(random)
+}
+
+// muxConnDone restarts the idle timer when a connection on the mux ends.
+func (sc *serverConn) muxConnDone() {
+	sc.muxMu.Lock()
+	defer sc.muxMu.Unlock()
+	if sc.muxIdle == nil {
+		sc.muxIdle = time.AfterFunc(sc.a.cfg.MuxIdle, sc.closeIdleMux)
+	} else {
+		sc.muxIdle.Reset(sc.a.cfg.MuxIdle)
+	}
+}
+
+// closeIdleMux closes the mux stream if it carries no connection; the
+// next connection opens a new one.
+func (sc *serverConn) closeIdleMux() {
+	sc.muxMu.Lock()
+	defer sc.muxMu.Unlock()
+	if sc.mux == nil || sc.mux.Len() > 0 {
+		return
+	}
+	sc.muxCancel()
+	<-sc.muxDone
+	sc.mux = nil
+	sc.log.V(2).Info("Closed the idle mux stream", "idle", sc.a.cfg.MuxIdle)
 }
 
 // closeMux ends the mux stream once no connection uses it.
 func (sc *serverConn) closeMux() {
+	sc.muxMu.Lock()
+	defer sc.muxMu.Unlock()
+	if sc.muxIdle != nil {
+		sc.muxIdle.Stop()
+	}
 	if sc.mux == nil {
 		return
 	}
 	sc.muxCancel()
 	<-sc.muxDone
+	sc.mux = nil
 }
 
 func (sc *serverConn) recvLoop() error {
@@ -229,8 +278,11 @@ func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *cl
 
 	var up io.ReadWriteCloser
 	switch {
-	case sc.mux != nil:
-		up, err = sc.mux.Open(r.Random)
+	case sc.useMux:
+		var mc *tunnel.MuxConn
+		if mc, err = sc.openOnMux(r.Random); err == nil {
+			up = mc
+		}
 	case sc.connStreams:
 		up, err = sc.openConnStream(r.Random)
 	default:
@@ -239,6 +291,7 @@ func (sc *serverConn) dial(ctx context.Context, cancel context.CancelFunc, r *cl
 	if err != nil {
 		conn.Close()
 		sc.log.V(2).Info("Could not open the connection stream; closing the target connection", "address", r.Address, "err", err)
+		sc.dialResponse(r.Random, 0, err.Error()) // the server need not wait for its timeout
 		return
 	}
 	// The connection gets a goroutine of its own and this one, whose stack
@@ -258,6 +311,9 @@ func (sc *serverConn) carry(conn net.Conn, up io.ReadWriteCloser) {
 	m.OpenConns.Inc()
 	defer m.OpenConns.Dec()
 	toServer, fromServer, _ := tunnel.Splice(conn, up)
+	if sc.useMux {
+		sc.muxConnDone()
+	}
 	m.Bytes.WithLabelValues("to_server").Add(float64(toServer))
 	m.Bytes.WithLabelValues("from_server").Add(float64(fromServer))
 }

@@ -76,10 +76,13 @@ type Server struct {
 	OpenConns *prometheus.GaugeVec
 	// Agents is the number of agents connected to this server.
 	Agents prometheus.Gauge
-	// AgentStreams counts agent connections by mode (conn-streams or
-	// single-stream), that is whether the agent speaks the per-connection
-	// stream extension.
+	// AgentStreams counts agent connections by mode (mux, conn-streams or
+	// single-stream), that is which extension the agent speaks.
 	AgentStreams *prometheus.GaugeVec
+	// MuxStreams counts open MuxService streams: agent connections that
+	// carry tunneled connections now or did lately (an agent closes an
+	// idle one).
+	MuxStreams prometheus.Gauge
 	// AgentIdentityRefusals counts agents refused because their client
 	// certificate does not prove the node they claim, by reason.
 	AgentIdentityRefusals *prometheus.CounterVec
@@ -134,8 +137,12 @@ func NewServer(reg prometheus.Registerer) *Server {
 		}),
 		AgentStreams: f.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: "server", Name: "agent_connections",
-			Help: "Agent connections currently open, by mode (conn-streams or single-stream).",
+			Help: "Agent connections currently open, by mode (mux, conn-streams or single-stream).",
 		}, []string{"mode"}),
+		MuxStreams: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "server", Name: "mux_streams",
+			Help: "Mux streams currently open: agent connections that carry tunneled connections now or did within the agent's idle time.",
+		}),
 		AgentIdentityRefusals: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "server", Name: "agent_identity_refusals_total",
 			Help: "Agent connections refused because the client certificate does not prove the node name or addresses the agent claims, by reason.",

@@ -35,6 +35,7 @@ func TestServerNames(t *testing.T) {
 		"edge_tunnel_server_open_connections":                 3,
 		"edge_tunnel_server_connected_agents":                 1,
 		"edge_tunnel_server_agent_connections":                3,
+		"edge_tunnel_server_mux_streams":                      1,
 		"edge_tunnel_server_bytes_total":                      2,
 		"edge_tunnel_server_stalled_connections_closed_total": 1,
 		"edge_tunnel_server_bad_packets_total":                1,

@@ -160,9 +160,10 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 // Mux serves the stream that carries every tunneled connection of one
 // agent connection. An open frame answers a dial: it is matched, when it
 // comes, with the pending dials of the agent's control stream on the same
-// HTTP/2 connection (that stream proved the agent's identity; the agent
-// opens its mux right after the handshake, possibly before the server has
-// registered the control stream, so the match is made per open frame).
+// HTTP/2 connection (that stream proved the agent's identity). The agent
+// opens its mux with its first connection; the match is made per open
+// frame, since the control stream may end (a drain) while the mux stream
+// still carries connections.
 func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentpb.Frame]) error {
 	ctx := stream.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -188,6 +189,8 @@ func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentp
 			log.Info("Dropping a bad frame from the agent's mux stream", "err", err)
 		},
 	})
+	a.m.MuxStreams.Inc()
+	defer a.m.MuxStreams.Dec()
 	if err := m.Serve(); err != nil && ctx.Err() == nil {
 		return status.Errorf(codes.Unavailable, "edge-tunnel-server: mux stream of agent %s: %v", id, err)
 	}

@@ -66,7 +66,11 @@ func (c *MuxConn) deliver(bufs mem.BufferSlice, n int) {
 		c.closeWith("edge-tunnel: the peer sent more than its flow-control window")
 		return
 	}
-	c.queue = append(c.queue, bufs...)
+	if len(c.queue) == 0 {
+		c.queue = bufs // the slice detach made: no append, no allocation
+	} else {
+		c.queue = append(c.queue, bufs...)
+	}
 	c.queued += n
 	c.held += n
 	c.cond.Broadcast()
