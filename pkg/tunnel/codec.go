@@ -208,7 +208,15 @@ func (c *chunkBufs) detach() mem.BufferSlice {
 		c.release()
 		return nil
 	}
-	out := make(mem.BufferSlice, 0, len(c.bufs)-c.i)
+	return c.detachTo(make(mem.BufferSlice, 0, len(c.bufs)-c.i))
+}
+
+// detachTo is detach appending to dst, a slice the caller reuses.
+func (c *chunkBufs) detachTo(dst mem.BufferSlice) mem.BufferSlice {
+	if c.left == 0 {
+		c.release()
+		return dst
+	}
 	for i, b := range c.bufs {
 		switch {
 		case i < c.i:
@@ -216,13 +224,13 @@ func (c *chunkBufs) detach() mem.BufferSlice {
 		case i == c.i && c.off > 0:
 			head, rest := mem.SplitUnsafe(b, c.off)
 			head.Free()
-			out = append(out, rest)
+			dst = append(dst, rest)
 		default:
-			out = append(out, b)
+			dst = append(dst, b)
 		}
 	}
 	*c = chunkBufs{}
-	return out
+	return dst
 }
 
 // appendViews appends the unread payload's bytes, buffer by buffer, to v.

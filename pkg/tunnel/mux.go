@@ -155,8 +155,7 @@ func (m *Mux) handle(f *muxFrame) {
 		c.addCredit(int(f.credit))
 	}
 	if f.data.left > 0 {
-		n := f.data.left
-		c.deliver(f.data.detach(), n)
+		c.deliver(&f.data)
 	}
 	f.data.release()
 	if f.close {

@@ -31,6 +31,7 @@ type MuxConn struct {
 	credit int // bytes this side may still send
 
 	queue  mem.BufferSlice // received, not yet handed to the reader
+	spare  mem.BufferSlice // an empty slice for the next queue (recycle)
 	queued int             // bytes in queue
 	held   int             // received and not yet granted back: queued, being written, consumed
 	acked  int             // of held, consumed (written or read)
@@ -51,26 +52,27 @@ type MuxConn struct {
 // ID returns the connection's ID: the random of the dial it answers.
 func (c *MuxConn) ID() int64 { return c.id }
 
-// deliver queues received bytes; called by the receive loop only.
-func (c *MuxConn) deliver(bufs mem.BufferSlice, n int) {
+// deliver queues the received bytes of data (taking its buffers); called
+// by the receive loop only.
+func (c *MuxConn) deliver(data *chunkBufs) {
+	n := data.left
 	c.mu.Lock()
 	if c.closed || c.peerEnd != nil {
 		c.mu.Unlock()
-		bufs.Free()
+		data.release()
 		return
 	}
 	if c.held+n > MuxWindow {
 		c.mu.Unlock()
-		bufs.Free()
+		data.release()
 		c.m.bad("connection %d: the peer sent %d bytes beyond its window of %d", c.id, c.held+n-MuxWindow, MuxWindow)
 		c.closeWith("edge-tunnel: the peer sent more than its flow-control window")
 		return
 	}
-	if len(c.queue) == 0 {
-		c.queue = bufs // the slice detach made: no append, no allocation
-	} else {
-		c.queue = append(c.queue, bufs...)
+	if c.queue == nil {
+		c.queue, c.spare = c.spare, nil
 	}
+	c.queue = data.detachTo(c.queue)
 	c.queued += n
 	c.held += n
 	c.cond.Broadcast()
@@ -79,6 +81,17 @@ func (c *MuxConn) deliver(bufs mem.BufferSlice, n int) {
 	if start {
 		go c.push()
 	}
+}
+
+// recycle keeps the slice of a written batch for the next one, so that a
+// steady transfer allocates no queue slices. Its buffers are freed.
+func (c *MuxConn) recycle(bufs mem.BufferSlice) {
+	clear(bufs)
+	c.mu.Lock()
+	if c.spare == nil {
+		c.spare = bufs[:0]
+	}
+	c.mu.Unlock()
 }
 
 // addCredit takes a credit frame; called by the receive loop only.
@@ -140,7 +153,7 @@ func (c *MuxConn) closeWith(reason string) {
 	}
 	c.closed = true
 	c.queue.Free()
-	c.queue, c.queued = nil, 0
+	c.queue, c.queued, c.spare = nil, 0, nil
 	send := !c.sentClose
 	c.sentClose = true
 	forget := c.peerEnd != nil
@@ -252,6 +265,9 @@ func (c *MuxConn) WriteChunksTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
+		if _, owned := w.(BufferWriter); !owned {
+			c.recycle(bufs)
+		}
 	}
 }
 
@@ -322,6 +338,9 @@ func (c *MuxConn) push() {
 			return
 		}
 		c.mu.Unlock()
+		if _, owned := w.(BufferWriter); !owned {
+			c.recycle(bufs)
+		}
 	}
 }
 
