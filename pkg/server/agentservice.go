@@ -160,10 +160,10 @@ func (a *agentService) Conn(stream grpc.BidiStreamingServer[agentpb.Chunk, agent
 // Mux serves the stream that carries every tunneled connection of one
 // agent connection. An open frame answers a dial: it is matched, when it
 // comes, with the pending dials of the agent's control stream on the same
-// HTTP/2 connection (that stream proved the agent's identity). The agent
-// opens its mux with its first connection; the match is made per open
-// frame, since the control stream may end (a drain) while the mux stream
-// still carries connections.
+// HTTP/2 connection (that stream proved the agent's identity), which must
+// exist when the mux stream opens (the agent opens it for a dial). The
+// match is made per open frame, since the control stream may end (a
+// drain) while the mux stream still carries connections.
 func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentpb.Frame]) error {
 	ctx := stream.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -173,6 +173,12 @@ func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentp
 	}
 	p, _ := peer.FromContext(ctx)
 	addr := peerAddr(p)
+	if a.agents.session(id, addr) == nil {
+		// The agent opens its mux for a dial its control stream asked
+		// for; without one there is nothing to carry, and a client that
+		// passed TLS may not hold streams here beside the identity check.
+		return status.Errorf(codes.FailedPrecondition, "edge-tunnel-server: agent %s has no control stream on this connection; open AgentService.Connect first", id)
+	}
 	log := a.log.WithValues("agentID", id, "peer", addr)
 	m := tunnel.NewMux(stream, tunnel.MuxOptions{
 		OnOpen: func(c *tunnel.MuxConn) error {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 
@@ -117,6 +118,71 @@ func TestAgentPortBadInput(t *testing.T) {
 		// claim dials of the prober's control stream.
 		checkStatus(t, conn(agentClient(t, e), md("prober", "12345")), codes.FailedPrecondition, "prober", "Connect")
 		checkStatus(t, conn(cc, md("node-a", "12345")), codes.FailedPrecondition, "node-a")
+		by.check(t)
+	})
+
+	t.Run("MuxService stream", func(t *testing.T) {
+		cc := agentClient(t, e)
+		openAgentStream(t, cc, metadata.Pairs(agentpb.AgentIDKey, "mux-prober", agentpb.AgentIdentifiersKey, "host=mux-prober"))
+		open := func(cc *grpc.ClientConn, id string) (agentpb.MuxService_MuxClient, context.CancelFunc) {
+			ctx, cancel := context.WithTimeout(context.Background(), promptly)
+			if id != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, agentpb.AgentIDKey, id)
+			}
+			ms, err := agentpb.NewMuxServiceClient(cc).Mux(ctx)
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			return ms, cancel
+		}
+		refused := func(cc *grpc.ClientConn, id string) error {
+			ms, cancel := open(cc, id)
+			defer cancel()
+			_, err := ms.Recv()
+			return err
+		}
+		checkStatus(t, refused(cc, ""), codes.InvalidArgument, agentpb.AgentIDKey)
+		// Another TCP connection, or another agent's ID on this one, may
+		// not hold a mux stream: no control stream proved who it is.
+		checkStatus(t, refused(agentClient(t, e), "mux-prober"), codes.FailedPrecondition, "mux-prober", "Connect")
+		checkStatus(t, refused(cc, "node-a"), codes.FailedPrecondition, "node-a")
+
+		// The control stream is registered just after its header is sent.
+		var ms agentpb.MuxService_MuxClient
+		var f *agentpb.Frame
+		waitFor(t, "the mux prober's control stream", func() bool {
+			var cancel context.CancelFunc
+			ms, cancel = open(cc, "mux-prober")
+			t.Cleanup(cancel)
+			// Frames for connections that do not exist are dropped; an
+			// open frame for a dial nobody made is refused with a close
+			// frame; the stream goes on.
+			for _, f := range []*agentpb.Frame{{Conn: 7, Data: []byte("stray")}, {Conn: 7, Credit: 100}, {Conn: 7, Close: true}, {Conn: 12345, Open: true}} {
+				if err := ms.Send(f); err != nil {
+					break // the status comes with Recv
+				}
+			}
+			var err error
+			f, err = ms.Recv()
+			if status.Code(err) == codes.FailedPrecondition {
+				return false
+			}
+			if err != nil {
+				t.Fatalf("waiting for the refusal of the open frame: %v", err)
+			}
+			return true
+		})
+		if f.Conn != 12345 || !f.Close || !strings.Contains(f.Error, "not pending") {
+			t.Fatalf("answer to an open frame for a dial nobody made: %v, want a close of 12345 saying it is not pending", f)
+		}
+		if err := ms.Send(&agentpb.Frame{Conn: 12345, Close: true}); err != nil {
+			t.Fatalf("the stream ended after a refused open: %v", err)
+		}
+		ms.CloseSend()
+		if _, err := ms.Recv(); err != io.EOF {
+			t.Fatalf("after CloseSend the server should end the stream cleanly, got %v", err)
+		}
 		by.check(t)
 	})
 
