@@ -403,39 +403,12 @@ func (c *MuxConn) Write(p []byte) (int, error) {
 }
 
 // ReadChunksFrom sends what r yields until r ends (io.EOF is not an
-// error), each read in the buffer gRPC then sends, sized by nextSize and
-// by the credit left; a quiet socket is waited on without a buffer.
+// error), each read in the buffer gRPC then sends (sendReads), as credit
+// allows.
 func (c *MuxConn) ReadChunksFrom(r io.Reader) (int64, error) {
-	var total int64
-	size := smallSize
-	for {
-		if size == smallSize {
-			WaitReadable(r)
-		}
-		rsize, err := c.reserve(size)
-		if err != nil {
-			return total, err
-		}
-		bp := GRPCBufferPool.Get(rsize)
-		n, rerr := r.Read(*bp)
-		c.refund(rsize - n)
-		if n > 0 {
-			*bp = (*bp)[:n]
-			if err := c.m.sendData(c.id, mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, n); err != nil {
-				return total, err
-			}
-			total += int64(n)
-		} else {
-			GRPCBufferPool.Put(bp)
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
-		}
-		size = nextSize(rsize, n)
-	}
+	return sendReads(r, c, func(payload mem.BufferSlice, n int) error {
+		return c.m.sendData(c.id, payload, n)
+	})
 }
 
 // SendBuffers sends bufs as data frames without copying them, as credit

@@ -1,6 +1,10 @@
 package tunnel
 
-import "io"
+import (
+	"io"
+
+	"google.golang.org/grpc/mem"
+)
 
 // ChunkSize is the largest payload moved in one DATA packet or Chunk message.
 // Upstream konnectivity moves 4 KiB packets; large chunks cut the per-message
@@ -77,5 +81,57 @@ func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 			GRPCBufferPool.Put(bp)
 			size, bp = next, GRPCBufferPool.Get(next)
 		}
+	}
+}
+
+// credit is a sender's flow-control window: reserve waits for room and
+// takes up to max bytes of it, refund gives back what was not sent.
+type credit interface {
+	reserve(max int) (int, error)
+	refund(n int)
+}
+
+// sendReads reads r until it ends (io.EOF is not an error) and hands each
+// read to send in the buffer of GRPCBufferPool it landed in, which send
+// owns from then on: no copy between the read and the transport. Reads
+// start small and follow the traffic (nextSize); a quiet socket is waited
+// on without any buffer (WaitReadable), so an idle connection holds none.
+// With a window (w not nil) no read is larger than the room it grants.
+func sendReads(r io.Reader, w credit, send func(payload mem.BufferSlice, n int) error) (int64, error) {
+	var total int64
+	size := smallSize
+	for {
+		if size == smallSize {
+			// Quiet: wait for bytes before taking a buffer for them.
+			WaitReadable(r)
+		}
+		rsize := size
+		if w != nil {
+			var err error
+			if rsize, err = w.reserve(size); err != nil {
+				return total, err
+			}
+		}
+		bp := GRPCBufferPool.Get(rsize)
+		n, rerr := r.Read(*bp)
+		if w != nil {
+			w.refund(rsize - n)
+		}
+		if n > 0 {
+			*bp = (*bp)[:n]
+			if err := send(mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, n); err != nil {
+				return total, err
+			}
+			total += int64(n)
+		} else {
+			GRPCBufferPool.Put(bp)
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		size = nextSize(rsize, n)
 	}
 }

@@ -37,6 +37,12 @@ func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
 		}
 		errMu.Unlock()
 	}
+	copyToB := func() {
+		n, e := Copy(b, a)
+		aToB = n
+		record(e)
+		closeBoth()
+	}
 	if p, ok := b.(Pusher); ok {
 		// b hands its bytes to a from goroutines of its own, started only
 		// while there are bytes: this goroutine copies a to b, and an idle
@@ -49,10 +55,7 @@ func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
 			wg.Done()
 		})
 		if pushed {
-			n, e := Copy(b, a)
-			aToB = n
-			record(e)
-			closeBoth()
+			copyToB()
 			wg.Wait()
 			return aToB, bToA, firstErr
 		}
@@ -61,10 +64,7 @@ func Splice(a, b io.ReadWriteCloser) (aToB, bToA int64, err error) {
 	wg.Add(1)
 	toB := func() {
 		defer wg.Done()
-		n, e := Copy(b, a)
-		aToB = n
-		record(e)
-		closeBoth()
+		copyToB()
 	}
 	if !hostGo(b, toB) && !hostGo(a, toB) {
 		go toB()

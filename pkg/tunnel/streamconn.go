@@ -209,38 +209,10 @@ func (c *StreamConn) WriteChunksTo(w io.Writer) (int64, error) {
 	}
 }
 
-// ReadChunksFrom sends what r yields until r ends (io.EOF is not an error).
-// Each read lands in a buffer of GRPCBufferPool that gRPC then sends and
-// frees: no copy between the read and the transport. Reads start small and
-// follow the traffic (nextSize); a quiet socket is waited on without any
-// buffer (WaitReadable), so an idle connection holds none.
+// ReadChunksFrom sends what r yields until r ends (io.EOF is not an error),
+// each read in the buffer gRPC then sends (sendReads).
 func (c *StreamConn) ReadChunksFrom(r io.Reader) (int64, error) {
-	var total int64
-	size := smallSize
-	for {
-		if size == smallSize {
-			// Quiet: wait for bytes before taking a buffer for them.
-			WaitReadable(r)
-		}
-		bp := GRPCBufferPool.Get(size)
-		n, rerr := r.Read(*bp)
-		if n > 0 {
-			*bp = (*bp)[:n]
-			if err := c.sendPayload(mem.BufferSlice{mem.NewBuffer(bp, GRPCBufferPool)}, n); err != nil {
-				return total, err
-			}
-			total += int64(n)
-		} else {
-			GRPCBufferPool.Put(bp)
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
-		}
-		size = nextSize(size, n)
-	}
+	return sendReads(r, nil, c.sendPayload)
 }
 
 // maxForward bounds one Chunk that SendBuffers passes on. A client's DATA
