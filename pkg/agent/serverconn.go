@@ -34,7 +34,8 @@ type serverConn struct {
 	log         klog.Logger
 
 	// With the mux feature every connection rides on mux, which the
-	// first connection opens (getMux); stopControl ends the control stream.
+	// first connection opens (openOnMux); stopControl ends the control
+	// stream.
 	useMux      bool
 	stopControl context.CancelFunc
 	muxMu       sync.Mutex
@@ -151,22 +152,26 @@ func (sc *serverConn) closeIdleMux() {
 	if sc.mux == nil || sc.mux.Len() > 0 {
 		return
 	}
-	sc.muxCancel()
-	<-sc.muxDone
-	sc.mux = nil
+	sc.stopMuxLocked()
 	sc.log.V(2).Info("Closed the idle mux stream", "idle", sc.a.cfg.MuxIdle)
 }
 
-// closeMux ends the mux stream once no connection uses it.
+// closeMux ends the mux stream; serve calls it once no connection uses it.
 func (sc *serverConn) closeMux() {
 	sc.muxMu.Lock()
 	defer sc.muxMu.Unlock()
 	if sc.muxIdle != nil {
 		sc.muxIdle.Stop()
 	}
-	if sc.mux == nil {
-		return
+	if sc.mux != nil {
+		sc.stopMuxLocked()
 	}
+}
+
+// stopMuxLocked cancels the mux stream and waits for its Serve to return;
+// muxMu held. Serve then knows the end was asked for and does not stop
+// the control stream.
+func (sc *serverConn) stopMuxLocked() {
 	sc.muxCancel()
 	<-sc.muxDone
 	sc.mux = nil
