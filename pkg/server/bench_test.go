@@ -57,13 +57,17 @@ func benchDialers(b testing.TB, e *env, target string) map[string]dialFunc {
 	}
 }
 
-var frontends = []string{"direct", "grpc", "connect", "connect-mtls"}
+// frontends are the paths the transfer and dial benchmarks compare;
+// "grpc-floor" is the konnectivity client alone (floor_test.go), the bound
+// on what any server could reach with it.
+var frontends = []string{"direct", "grpc", "connect", "connect-mtls", "grpc-floor"}
 
 func benchTransfer(b *testing.B, op func(net.Conn, int64, []byte) error) {
 	e := newEnv(b, envOptions{connStreams: true})
 	e.addAgent(b, "node-a", true, "127.0.0.1")
 	target := byteServer(b)
 	dialers := benchDialers(b, e, target)
+	dialers["grpc-floor"] = startFloor(b, floorBytes)
 	for _, name := range frontends {
 		b.Run(name, func(b *testing.B) {
 			buf := make([]byte, 256<<10)
@@ -98,6 +102,7 @@ func BenchmarkDial(b *testing.B) {
 	e.addAgent(b, "node-a", true, "127.0.0.1")
 	target := echoServer(b)
 	dialers := benchDialers(b, e, target)
+	dialers["grpc-floor"] = startFloor(b, floorEcho)
 	for _, name := range frontends {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -75,7 +76,10 @@ func download(c net.Conn, n int64, buf []byte) error {
 	if err := request(c, n, 'd'); err != nil {
 		return err
 	}
-	_, err := io.CopyBuffer(io.Discard, io.LimitReader(c, n), buf)
+	got, err := io.CopyBuffer(io.Discard, io.LimitReader(c, n), buf)
+	if err == nil && got != n {
+		err = fmt.Errorf("download ended after %d of %d bytes", got, n)
+	}
 	return err
 }
 
