@@ -62,49 +62,42 @@ func TestStalledReaderDoesNotStallOthers(t *testing.T) {
 	}
 }
 
-// BenchmarkStalledReader measures a download alone and beside a stalled
-// reader on the same agent; `make bench` prints their ratio.
+// BenchmarkStalledReader measures a download alone and one beside a
+// stalled reader on the same agent, in turns within each op (so that the
+// machine's drift during a run weighs on both alike), and reports the
+// speed of each and their ratio, which `make bench` prints.
 func BenchmarkStalledReader(b *testing.B) {
 	e := newEnv(b, envOptions{connStreams: true})
 	e.addAgent(b, "node-a", true, "127.0.0.1")
 	dialers := benchDialers(b, e, byteServer(b))
 	for _, fe := range []string{"grpc", "connect"} {
 		dial := dialers[fe]
-		b.Run(fe+"/alone", func(b *testing.B) {
-			b.SetBytes(transferSize())
+		b.Run(fe, func(b *testing.B) {
+			var alone, beside time.Duration
 			for b.Loop() {
-				c, err := dial()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := download(c, transferSize(), make([]byte, 256<<10)); err != nil {
-					b.Fatal(err)
-				}
-				c.Close()
+				alone += timedDownload(b, dial, transferSize())
+				beside += stallAndDownload(b, dial, transferSize())
 			}
-		})
-		b.Run(fe+"/beside-stalled", func(b *testing.B) {
-			b.SetBytes(transferSize())
-			stalled, err := dial()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() { go stalled.Close() }()
-			if err := request(stalled, 1<<40, 'd'); err != nil {
-				b.Fatal(err)
-			}
-			time.Sleep(200 * time.Millisecond)
-			b.ResetTimer()
-			for b.Loop() {
-				c, err := dial()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := download(c, transferSize(), make([]byte, 256<<10)); err != nil {
-					b.Fatal(err)
-				}
-				c.Close()
-			}
+			mb := float64(transferSize()) * float64(b.N) / 1e6
+			b.ReportMetric(mb/alone.Seconds(), "alone-MB/s")
+			b.ReportMetric(mb/beside.Seconds(), "beside-MB/s")
+			b.ReportMetric(alone.Seconds()/beside.Seconds(), "beside/alone")
 		})
 	}
+}
+
+// timedDownload runs one download of size bytes on a new connection and
+// returns how long it took.
+func timedDownload(t testing.TB, dial dialFunc, size int64) time.Duration {
+	t.Helper()
+	c, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	if err := download(c, size, make([]byte, 256<<10)); err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
 }
