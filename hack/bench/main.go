@@ -28,7 +28,7 @@ import (
 )
 
 func main() {
-	count := flag.Int("count", 5, "runs of each throughput benchmark; the median is reported")
+	count := flag.Int("count", 5, "rounds of the throughput benchmarks; a ratio is the median of the rounds' ratios")
 	benchtime := flag.String("benchtime", "3x", "go test -benchtime of the throughput benchmarks")
 	dials := flag.Int("dials", 2000, "dials per path for the latency percentiles")
 	memory := flag.Bool("memory", true, "also run the memory benchmarks of e2e/bench (10,000 connections, 10,000 agents; about 3 minutes)")
@@ -48,8 +48,14 @@ func main() {
 		}
 		parse(out.Bytes(), res)
 	}
-	run("test", "-run", "^$", "-bench", "^Benchmark(Download|Upload|ParallelDownload)$",
-		"-benchmem", "-count", strconv.Itoa(*count), "-benchtime", *benchtime, "./pkg/server/")
+	// Rounds rather than -count: go test runs a sub-benchmark's -count runs
+	// back to back, so the paths of one round (direct TCP and each tunnel)
+	// are measured seconds apart instead of minutes, and pairedRatio
+	// compares them within a round.
+	for range *count {
+		run("test", "-run", "^$", "-bench", "^Benchmark(Download|Upload|ParallelDownload)$",
+			"-benchmem", "-count", "1", "-benchtime", *benchtime, "./pkg/server/")
+	}
 	// A process of its own, so the memory the transfers left behind does
 	// not weigh on one side of the ratio.
 	run("test", "-run", "^$", "-bench", "^BenchmarkStalledReader$",
@@ -123,6 +129,28 @@ func get(res map[string]*result, name, unit string) (float64, bool) {
 // floor_test.go). What the client alone costs bounds every gRPC row.
 const floorLabel = "konnectivity client alone (in-memory server, no tunnel)"
 
+// pairedRatio is the median over rounds of name's value divided by base's
+// in the same round (the k-th value of each). A round measures every path
+// within seconds, so the drift of a shared machine over a whole run (its
+// figures move by tens of percent) weighs on both sides of each ratio alike.
+func pairedRatio(res map[string]*result, name, base, unit string) (float64, bool) {
+	a, b := res[name], res[base]
+	if a == nil || b == nil || len((*a)[unit]) == 0 || len((*a)[unit]) != len((*b)[unit]) {
+		return 0, false
+	}
+	var rs []float64
+	for i, v := range (*a)[unit] {
+		if d := (*b)[unit][i]; d > 0 {
+			rs = append(rs, v/d)
+		}
+	}
+	if len(rs) == 0 {
+		return 0, false
+	}
+	sort.Float64s(rs)
+	return rs[len(rs)/2], true
+}
+
 // row is one line of the table.
 type row struct {
 	figure, value, goal, upstream string
@@ -134,10 +162,11 @@ func report(res map[string]*result) {
 	ratio := func(name, direct string) (string, bool) {
 		v, ok1 := get(res, name, "MB/s")
 		d, ok2 := get(res, direct, "MB/s")
-		if !ok1 || !ok2 || d == 0 {
+		r, ok3 := pairedRatio(res, name, direct, "MB/s")
+		if !ok1 || !ok2 || !ok3 {
 			return "", false
 		}
-		return fmt.Sprintf("%.2f (%.0f / %.0f MB/s)", v/d, v, d), true
+		return fmt.Sprintf("%.2f (%.0f / %.0f MB/s)", r, v, d), true
 	}
 	const mib = 256 // the transfer benchmarks move 256 MiB per op
 	for _, kind := range []string{"Download", "Upload"} {
