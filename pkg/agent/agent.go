@@ -29,6 +29,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/health"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -39,6 +40,8 @@ type Agent struct {
 	reg    *prometheus.Registry
 	m      *metrics.Agent
 	dialer *dialer
+	// workers runs dials and the pushes of received bytes (package workers).
+	workers *workers.Pool
 
 	// connCtx lives until the drain grace period is over: tunneled
 	// connections and control streams use it, so they outlive Run's ctx.
@@ -104,6 +107,7 @@ func New(cfg Config) (*Agent, error) {
 		reg:         reg,
 		m:           metrics.NewAgent(reg),
 		dialer:      newDialer(cfg.Identifiers, cfg.AllowedCIDRs),
+		workers:     workers.New(workers.DefaultIdle),
 		servers:     map[string]*serverConn{},
 		serverCount: 1,
 		target:      1,

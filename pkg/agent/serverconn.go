@@ -116,7 +116,7 @@ func (sc *serverConn) openOnMux(random int64) (*tunnel.MuxConn, error) {
 			sc.stopControl()
 			return nil, fmt.Errorf("opening the mux stream to server %s: %w", sc.serverID, err)
 		}
-		m := tunnel.NewMux(ms, tunnel.MuxOptions{OnBadFrame: func(err error) {
+		m := tunnel.NewMux(ms, tunnel.MuxOptions{Workers: sc.a.workers, OnBadFrame: func(err error) {
 			sc.log.Info("Dropping a bad frame from the server's mux stream", "err", err)
 		}})
 		done := make(chan struct{})
@@ -241,7 +241,7 @@ func (sc *serverConn) onDial(r *client.DialRequest) {
 	sc.wg.Add(1)
 	sc.mu.Unlock()
 	sc.a.open.Add(1)
-	go sc.dial(ctx, cancel, r)
+	sc.a.workers.Go(func() { sc.dial(ctx, cancel, r) })
 }
 
 // dial dials one target and, on success, carries the connection until it

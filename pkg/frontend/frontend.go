@@ -20,6 +20,7 @@ import (
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 )
 
 // Dialer opens tunneled connections; the server implements it with its
@@ -52,6 +53,10 @@ type Mux struct {
 	// two limits, by reason (metrics.RefusedHeaderTooLarge or
 	// metrics.RefusedHeaderTimeout): at most once per connection.
 	Refused func(reason string)
+	// Workers runs each new connection's handshake and request: deep, and
+	// over once the connection is handed to gRPC or its tunnel is open.
+	// nil starts a goroutine for each.
+	Workers *workers.Pool
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // accepted, not yet handed over
@@ -83,7 +88,7 @@ func (m *Mux) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 			return err
 		}
 		tempDelay = 0
-		go m.classify(c, tlsConfig)
+		m.Workers.Go(func() { m.classify(c, tlsConfig) })
 	}
 }
 

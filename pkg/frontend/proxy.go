@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 )
 
 // Proxy serves the konnectivity ProxyService (/ProxyService/Proxy), the
@@ -39,6 +40,10 @@ type Proxy struct {
 	MaxPendingDials int
 	// Refused, when set, counts dials refused by MaxPendingDials.
 	Refused func()
+	// Workers runs the dials, which end once the connection is open and
+	// its bytes are pushed on demand; nil starts a goroutine for each. Set
+	// it before Register.
+	Workers *workers.Pool
 }
 
 // NewProxy returns the ProxyService implementation.
@@ -157,7 +162,7 @@ func (ps *proxyStream) onDial(r *client.DialRequest) {
 	ps.dials[r.Random] = cancel
 	ps.wg.Add(1)
 	ps.mu.Unlock()
-	go ps.dial(ctx, cancel, r)
+	ps.p.Workers.Go(func() { ps.dial(ctx, cancel, r) })
 }
 
 // dial runs one dial; on success it registers the connection, answers
@@ -199,18 +204,21 @@ func (ps *proxyStream) dial(ctx context.Context, cancel context.CancelFunc, r *c
 // connection's single CLOSE_RSP. A backend that pushes its bytes (a mux
 // connection) does so from goroutines of its own, which run only while
 // bytes are there: the dial's goroutine then ends, and an idle tunnel has
-// none waiting.
+// none waiting. Any other backend is copied by a new goroutine, not the
+// dial's (a worker whose stack grew while dialing; see package workers).
 func (ps *proxyStream) pump(id int64, conn io.ReadWriteCloser) {
 	w := &dataWriter{ps: ps, id: id}
+	ps.wg.Add(1)
 	if p, ok := conn.(tunnel.Pusher); ok {
-		ps.wg.Add(1)
 		if p.PushTo(w, func(_ int64, err error) { defer ps.wg.Done(); ps.pumped(id, err) }) {
 			return
 		}
-		ps.wg.Done()
 	}
-	_, err := tunnel.Copy(w, conn)
-	ps.pumped(id, err)
+	go func() {
+		defer ps.wg.Done()
+		_, err := tunnel.Copy(w, conn)
+		ps.pumped(id, err)
+	}()
 }
 
 // pumped ends connection id after its backend ended with err.

@@ -20,6 +20,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/identity"
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -43,6 +44,7 @@ type agentService struct {
 	agents      *registry
 	m           *metrics.Server
 	log         klog.Logger
+	workers     *workers.Pool // for the mux streams' pushes
 }
 
 func (a *agentService) Connect(stream grpc.BidiStreamingServer[client.Packet, client.Packet]) error {
@@ -181,6 +183,7 @@ func (a *agentService) Mux(stream grpc.BidiStreamingServer[agentpb.Frame, agentp
 	}
 	log := a.log.WithValues("agentID", id, "peer", addr)
 	m := tunnel.NewMux(stream, tunnel.MuxOptions{
+		Workers: a.workers,
 		OnOpen: func(c *tunnel.MuxConn) error {
 			s := a.agents.session(id, addr)
 			if s == nil {

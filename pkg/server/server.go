@@ -30,6 +30,7 @@ import (
 	"github.com/edge-tunnel/edge-tunnel/pkg/metrics"
 	"github.com/edge-tunnel/edge-tunnel/pkg/router"
 	"github.com/edge-tunnel/edge-tunnel/pkg/tunnel"
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -41,6 +42,9 @@ type Server struct {
 	m      *metrics.Server
 	agents *registry
 	router *router.Router
+	// workers runs the short, deep tasks of every connection: frontend
+	// handshakes and requests, dials, pushes of received bytes.
+	workers *workers.Pool
 
 	bytesIn, bytesOut prometheus.Counter
 
@@ -93,6 +97,7 @@ func New(cfg Config) (*Server, error) {
 		reg:      reg,
 		m:        m,
 		agents:   newRegistry(func(n int) { m.Agents.Set(float64(n)) }),
+		workers:  workers.New(workers.DefaultIdle),
 		bytesIn:  m.Bytes.WithLabelValues("from_agent"),
 		bytesOut: m.Bytes.WithLabelValues("to_agent"),
 		addrs:    map[string]net.Addr{},
@@ -201,10 +206,12 @@ func (s *Server) Run(ctx context.Context) error {
 	mux := frontend.NewMux(connect, s.log.WithName("frontend"))
 	mux.HandshakeTimeout, mux.MaxHeadBytes = s.cfg.FrontendReadHeaderTimeout, s.cfg.FrontendMaxHeadBytes
 	mux.Refused = s.countRefusal
+	mux.Workers = s.workers
 	feGRPC := grpc.NewServer(frontendServerOptions()...)
 	feProxy := frontend.NewProxy(s, s.cfg.DialTimeout, s.log.WithName("grpc"))
 	feProxy.MaxPendingDials = s.cfg.MaxPendingDialsPerStream
 	feProxy.Refused = s.m.Refusals.WithLabelValues(metrics.RefusedClientPendingDials).Inc
+	feProxy.Workers = s.workers
 	feProxy.Register(feGRPC)
 	agentGRPC := grpc.NewServer(s.agentServerOptions()...)
 	serverCount, runLeases, err := s.serverCount()
@@ -214,7 +221,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	svc := &agentService{serverID: s.cfg.ServerID, serverCount: serverCount, liveCount: runLeases != nil, connStreams: s.cfg.ConnStreams,
 		mux: s.cfg.Mux, maxPending: s.cfg.MaxPendingDialsPerAgent,
-		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents")}
+		identity: s.cfg.AgentIdentity, agents: s.agents, m: s.m, log: s.log.WithName("agents"), workers: s.workers}
 	agentpb.RegisterAgentServiceServer(agentGRPC, svc)
 	agentpb.RegisterConnServiceServer(agentGRPC, svc)
 	agentpb.RegisterMuxServiceServer(agentGRPC, svc)

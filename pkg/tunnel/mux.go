@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/edge-tunnel/edge-tunnel/pkg/workers"
 	agentpb "github.com/edge-tunnel/edge-tunnel/proto/agent"
 )
 
@@ -65,6 +66,10 @@ type MuxOptions struct {
 	// dropped (and its connection closed, where it has one); the stream
 	// and the other connections go on.
 	OnBadFrame func(err error)
+	// Workers runs the goroutines that hand received bytes on
+	// (MuxConn.PushTo), which end once the bytes are written; nil starts a
+	// goroutine for each.
+	Workers *workers.Pool
 }
 
 // NewMux returns a Mux on s. Call Serve to receive.

@@ -79,7 +79,7 @@ func (c *MuxConn) deliver(data *chunkBufs) {
 	start := c.pushStartLocked()
 	c.mu.Unlock()
 	if start {
-		go c.push()
+		c.m.opts.Workers.Go(c.push)
 	}
 }
 
@@ -119,7 +119,7 @@ func (c *MuxConn) peerClose(reason string) {
 		c.m.forget(c)
 	}
 	if start {
-		go c.push()
+		c.m.opts.Workers.Go(c.push)
 	}
 }
 
@@ -134,7 +134,7 @@ func (c *MuxConn) streamEnded(err error) {
 	start := c.pushStartLocked()
 	c.mu.Unlock()
 	if start {
-		go c.push()
+		c.m.opts.Workers.Go(c.push)
 	}
 }
 
@@ -168,7 +168,7 @@ func (c *MuxConn) closeWith(reason string) {
 		c.m.forget(c)
 	}
 	if start {
-		go c.push() // to report the end: never from Close's own goroutine
+		c.m.opts.Workers.Go(c.push) // to report the end: never from Close's own goroutine
 	}
 }
 
@@ -294,7 +294,7 @@ func (c *MuxConn) PushTo(w io.Writer, done func(n int64, err error)) bool {
 	start := c.pushStartLocked()
 	c.mu.Unlock()
 	if start {
-		go c.push()
+		c.m.opts.Workers.Go(c.push)
 	}
 	return true
 }
