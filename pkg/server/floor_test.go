@@ -58,9 +58,11 @@ type floorServer struct {
 // rawPacket is a message already in wire form; floorCodec sends it as is.
 type rawPacket []byte
 
-// floorCodec is edge-tunnel's codec (tunnel.Codec, so the floor spends no
-// more than the real frontend on what it receives), except that a rawPacket
-// goes out without marshalling or copying.
+// floorCodec is edge-tunnel's codec (tunnel.Codec: pooled, never-cleared
+// buffers), except that a rawPacket goes out without marshalling or
+// copying. What the floor receives is unmarshalled with a copy of each
+// payload, which the real frontend avoids: for uploads the floor is a
+// little dearer than the least possible, so its upload row is a loose bound.
 type floorCodec struct{ encoding.CodecV2 }
 
 func (c floorCodec) Marshal(v any) (mem.BufferSlice, error) {
@@ -128,7 +130,7 @@ func (f *floorServer) Proxy(stream client.ProxyService_ProxyServer) error {
 		}
 		switch pkt.Type {
 		case client.PacketType_CLOSE_REQ:
-			if head != nil && len(head) == 9 && head[8] == 'd' {
+			if len(head) == 9 && head[8] == 'd' {
 				if err := <-sent; err != nil {
 					return err
 				}
