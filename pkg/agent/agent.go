@@ -124,6 +124,7 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	a.connCtx, a.connCancel = context.WithCancel(context.Background())
 	defer a.connCancel()
+	defer a.workers.Close()
 
 	var httpServers []*http.Server
 	for _, l := range []struct {

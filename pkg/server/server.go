@@ -135,6 +135,7 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 // lets open tunnels finish for a bounded grace period and returns. A
 // listener that cannot be bound fails Run at once.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.workers.Close() // after every connection's goroutines ended
 	var lns []net.Listener
 	closeAll := func() {
 		for _, ln := range lns {

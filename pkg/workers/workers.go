@@ -16,6 +16,7 @@ package workers
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -28,6 +29,8 @@ import (
 type Pool struct {
 	idle    time.Duration
 	work    chan func()
+	done    chan struct{} // closed by Close
+	closed  sync.Once
 	maxIdle int32
 	idlers  atomic.Int32 // workers waiting for a task, or about to
 }
@@ -39,7 +42,16 @@ const DefaultIdle = 10 * time.Second
 
 // New returns a Pool whose workers end after idle without a task.
 func New(idle time.Duration) *Pool {
-	return &Pool{idle: idle, work: make(chan func()), maxIdle: int32(runtime.GOMAXPROCS(0))}
+	return &Pool{idle: idle, work: make(chan func()), done: make(chan struct{}), maxIdle: int32(runtime.GOMAXPROCS(0))}
+}
+
+// Close ends the idle workers now and the busy ones after their task, so
+// that a stopped server or agent leaves no goroutine behind. Tasks handed
+// over later still run, each on a goroutine of its own.
+func (p *Pool) Close() {
+	if p != nil {
+		p.closed.Do(func() { close(p.done) })
+	}
 }
 
 // Go runs f on a worker. It never waits: with no worker idle, f gets a new
@@ -56,8 +68,8 @@ func (p *Pool) Go(f func()) {
 	}
 }
 
-// worker runs f, then the tasks it is handed, until it waits idle in vain
-// or finds enough workers idle already.
+// worker runs f, then the tasks it is handed, until it waits idle in vain,
+// finds enough workers idle already, or the pool is closed.
 func (p *Pool) worker(f func()) {
 	var t *time.Timer
 	for {
@@ -79,6 +91,10 @@ func (p *Pool) worker(f func()) {
 			t.Stop()
 			p.idlers.Add(-1)
 		case <-t.C:
+			p.idlers.Add(-1)
+			return
+		case <-p.done:
+			t.Stop()
 			p.idlers.Add(-1)
 			return
 		}

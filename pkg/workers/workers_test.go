@@ -17,8 +17,20 @@ func goid() int {
 	return id
 }
 
+// newPool returns a Pool that is closed when the test ends, which then
+// waits for its workers to be gone: no test counts another's goroutines.
+func newPool(t *testing.T, idle time.Duration) *Pool {
+	before := runtime.NumGoroutine()
+	p := New(idle)
+	t.Cleanup(func() {
+		p.Close()
+		waitGoroutines(t, before, "after the test's pool was closed")
+	})
+	return p
+}
+
 func TestPoolRunsEveryTask(t *testing.T) {
-	for _, p := range []*Pool{New(time.Second), nil} {
+	for _, p := range []*Pool{newPool(t, time.Second), nil} {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		ran := 0
@@ -41,21 +53,29 @@ func TestPoolRunsEveryTask(t *testing.T) {
 // TestPoolReusesIdleWorker: a task handed over while a worker idles runs on
 // that worker's goroutine, not a new one.
 func TestPoolReusesIdleWorker(t *testing.T) {
-	p := New(time.Minute)
+	p := newPool(t, time.Minute)
 	ids := make(chan int, 1)
 	p.Go(func() { ids <- goid() })
 	first := <-ids
-	// The worker goes idle just after the task returns; a task handed over
-	// before that starts a second worker, after which either may take the
-	// next one. Some task soon runs on the first.
-	for range 100 {
-		time.Sleep(2 * time.Millisecond)
+	// The worker counts itself idle just before it waits for a task; a
+	// task handed over in between starts a second worker, after which
+	// either may take the next one. Some task soon runs on the first.
+	var got []int
+	for range 50 {
+		for deadline := time.Now().Add(5 * time.Second); p.idlers.Load() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no worker idle 5 s after its task")
+			}
+		}
+		time.Sleep(time.Millisecond)
 		p.Go(func() { ids <- goid() })
-		if <-ids == first {
+		id := <-ids
+		if id == first {
 			return
 		}
+		got = append(got, id)
 	}
-	t.Fatalf("no task ran on the first worker (goroutine %d) again", first)
+	t.Fatalf("no later task ran on the first worker (goroutine %d) but on %v", first, got)
 }
 
 // TestPoolWorkersEnd: Go never waits for a busy worker (every task here
@@ -64,7 +84,7 @@ func TestPoolReusesIdleWorker(t *testing.T) {
 func TestPoolWorkersEnd(t *testing.T) {
 	before := runtime.NumGoroutine()
 	const idle = 2 * time.Second
-	p := New(idle)
+	p := New(idle) // not newPool: this test waits for the idle time itself
 	const n = 20
 	var started sync.WaitGroup
 	release := make(chan struct{})
@@ -72,10 +92,7 @@ func TestPoolWorkersEnd(t *testing.T) {
 	for range n {
 		p.Go(func() { started.Done(); <-release })
 	}
-	started.Wait()
-	if g := runtime.NumGoroutine(); g < before+n {
-		t.Fatalf("%d goroutines with %d tasks running, want at least %d", g, n, before+n)
-	}
+	started.Wait() // every task runs at once: Go never waited for a worker
 	close(release)
 	// Well within the idle time, only the workers allowed to wait are left.
 	stay := before + runtime.GOMAXPROCS(0)
@@ -90,6 +107,35 @@ func TestPoolWorkersEnd(t *testing.T) {
 			t.Fatalf("%d goroutines %v after the tasks ended, %d before them", runtime.NumGoroutine(), idle+5*time.Second, before)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPoolCloseEndsWorkers: Close ends idle workers at once, not after
+// their idle time, and a task handed over afterwards still runs and leaves
+// no goroutine behind.
+func TestPoolCloseEndsWorkers(t *testing.T) {
+	before := runtime.NumGoroutine()
+	p := New(time.Hour)
+	done := make(chan struct{})
+	for range 2 {
+		p.Go(func() { done <- struct{}{} })
+		<-done
+	}
+	p.Close()
+	p.Close() // a second Close is harmless
+	waitGoroutines(t, before, "after Close")
+	p.Go(func() { done <- struct{}{} })
+	<-done
+	waitGoroutines(t, before, "after a task handed over after Close")
+}
+
+// waitGoroutines waits up to 5 s for the goroutine count to fall to max.
+func waitGoroutines(t *testing.T, max int, when string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > max; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d goroutines, want at most %d", when, runtime.NumGoroutine(), max)
+		}
 	}
 }
 
