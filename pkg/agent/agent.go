@@ -253,7 +253,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 		grpc.WithTransportCredentials(credentials.NewTLS(a.cfg.TLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: a.cfg.KeepaliveTime, Timeout: min(a.cfg.KeepaliveTime/2, 10*time.Second), PermitWithoutStream: true}),
 		experimental.WithBufferPool(tunnel.GRPCBufferPool),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(tunnel.Codec)),
+		grpc.WithDefaultCallOptions(tunnel.CallOptions()...),
 		grpc.WithInitialWindowSize(1<<20),
 		grpc.WithInitialConnWindowSize(64<<20),
 		// TLS holds a whole record already: a gRPC read buffer on top

@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"sync"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 )
 
@@ -63,4 +64,19 @@ func (p *dirtyPool) Put(bp *[]byte) {
 		return
 	}
 	p.classes[c].Put(bp)
+}
+
+// CallOptions are the call options of the agent's gRPC client: Codec, and
+// no replay buffer. gRPC-Go keeps the messages a client stream sends before
+// its first reply (up to 256 KiB by default) to replay them on a transparent
+// retry, and a send that is in flight while that first reply commits the
+// stream keeps its reference to the message's buffers for good (gRPC-Go
+// 1.80, clientStream.bufferForRetryLocked returns early on a committed
+// stream without the cleanup): those buffers never return to
+// GRPCBufferPool (a test counting buffers caught it). With a zero-size
+// replay buffer the first send commits the stream, so only a reply racing
+// that very first send is left to hit it. The agent reconnects after a
+// failed stream anyway; a replay would gain nothing.
+func CallOptions() []grpc.CallOption {
+	return []grpc.CallOption{grpc.ForceCodecV2(Codec), grpc.MaxRetryRPCBufferSize(0)}
 }

@@ -98,7 +98,7 @@ func startMux(t *testing.T, cfg muxConfig) *muxEnv {
 	go func() { srv.Serve(lis); close(served) }()
 	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec)))
+		grpc.WithDefaultCallOptions(CallOptions()...))
 	if err != nil {
 		t.Fatal(err)
 	}
