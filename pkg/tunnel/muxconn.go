@@ -83,9 +83,13 @@ func (c *MuxConn) deliver(data *chunkBufs) {
 	}
 }
 
-// recycle keeps the slice of a written batch for the next one, so that a
-// steady transfer allocates no queue slices. Its buffers are freed.
-func (c *MuxConn) recycle(bufs mem.BufferSlice) {
+// recycle keeps the slice of a batch written to w for the next one, so
+// that a steady transfer allocates no queue slices. Its buffers were freed
+// by the write, unless w took them (a BufferWriter keeps the slice too).
+func (c *MuxConn) recycle(w io.Writer, bufs mem.BufferSlice) {
+	if _, owned := w.(BufferWriter); owned {
+		return
+	}
 	clear(bufs)
 	c.mu.Lock()
 	if c.spare == nil {
@@ -265,9 +269,7 @@ func (c *MuxConn) WriteChunksTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		if _, owned := w.(BufferWriter); !owned {
-			c.recycle(bufs)
-		}
+		c.recycle(w, bufs)
 	}
 }
 
@@ -338,9 +340,7 @@ func (c *MuxConn) push() {
 			return
 		}
 		c.mu.Unlock()
-		if _, owned := w.(BufferWriter); !owned {
-			c.recycle(bufs)
-		}
+		c.recycle(w, bufs)
 	}
 }
 
